@@ -1,0 +1,263 @@
+"""ReplicaActor: one replica of a deployment, living as a Dask actor.
+
+The controller creates it with ``client.submit(ReplicaActor, ..., actor=True)``
+and drives its life through Dask actor calls (``initialize``, ``reconfigure``,
+``check_health``, ``drain``, ``shutdown``). Requests do not use the actor call
+path: the worker plugin's ``dserve_mux`` handler finds the replica in
+``worker.state.actors`` and calls ``call``/``stream`` directly.
+
+Async user methods run on the worker's event loop; sync ones in this replica's
+own thread pool, bounded (like all calls) by ``max_ongoing_requests``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
+
+from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
+from ..serialization import loads
+
+__all__ = ["ReplicaActor"]
+
+logger = logging.getLogger("dserve.replica")
+
+_ASYNC, _SYNC, _ASYNC_GEN, _GEN = "async", "sync", "asyncgen", "gen"
+
+
+def _kind(fn: Callable) -> str:
+    target = fn
+    if not inspect.isfunction(target) and not inspect.ismethod(target) and hasattr(target, "__call__"):
+        target = target.__call__
+    if inspect.isasyncgenfunction(target):
+        return _ASYNC_GEN
+    if inspect.isgeneratorfunction(target):
+        return _GEN
+    if inspect.iscoroutinefunction(target):
+        return _ASYNC
+    return _SYNC
+
+
+class ReplicaActor:
+    """Wraps the user's class or function; one instance per replica."""
+
+    def __init__(self, app: str, deployment: str, replica_id: str, code: bytes, init: bytes, config: dict) -> None:
+        self.app = app
+        self.deployment = deployment
+        self.replica_id = replica_id
+        self._code = code
+        self._init = init
+        self.max_ongoing = int(config.get("max_ongoing_requests", 5))
+        self.user_config = config.get("user_config")
+        self.context = ReplicaContext(app_name=app, deployment=deployment, replica_id=replica_id)
+        self.servable: Any = None
+        self.ongoing = 0
+        self.accepting = False
+        self.started_at = time.time()
+        self._methods: Dict[str, Tuple[Callable, str]] = {}
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._sem: Optional[asyncio.Semaphore] = None
+        self._idle: Optional[asyncio.Event] = None
+
+    # ---- lifecycle (controller -> Dask actor calls) ----
+    async def initialize(self) -> dict:
+        """Build the user object, apply user_config, start accepting requests.
+
+        A failure is returned as ``{"error": traceback}`` rather than raised, so
+        the controller can show the user's own traceback in the status.
+        """
+        try:
+            await self._initialize()
+        except BaseException as exc:  # noqa: BLE001 - reported to the controller
+            import traceback
+
+            return {"error": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+        return self.info()
+
+    async def _initialize(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sem = asyncio.Semaphore(self.max_ongoing)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.max_ongoing, thread_name_prefix=f"dserve-{self.deployment}"
+        )
+        token = _current_replica.set(self.context)
+        try:
+            target, (args, kwargs) = await loop.run_in_executor(
+                self._pool, lambda: (loads(self._code), loads(self._init))
+            )
+            if inspect.isclass(target):
+                self.servable = await self._construct(target, args, kwargs)
+            else:
+                self.servable = target
+            self.context.servable_object = self.servable
+            if self.user_config is not None:
+                await self._reconfigure(self.user_config)
+        finally:
+            _current_replica.reset(token)
+        self._code = self._init = b""
+        self.accepting = True
+
+    async def _construct(self, cls: type, args: tuple, kwargs: dict) -> Any:
+        init = getattr(cls, "__init__", None)
+        if inspect.iscoroutinefunction(init):
+            obj = cls.__new__(cls)
+            await init(obj, *args, **kwargs)
+            return obj
+        return await self._run_sync(functools.partial(cls, *args, **kwargs))
+
+    async def _run_sync(self, fn: Callable, *args: Any) -> Any:
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn, *args))
+
+    async def _reconfigure(self, user_config: Any) -> None:
+        method = None if inspect.isfunction(self.servable) else getattr(self.servable, "reconfigure", None)
+        if method is None:
+            if user_config is not None:
+                raise ValueError(
+                    f"user_config was given but deployment {self.deployment!r} has no reconfigure() method"
+                )
+            return
+        if inspect.iscoroutinefunction(method):
+            await method(user_config)
+        else:
+            await self._run_sync(method, user_config)
+
+    async def reconfigure(self, user_config: Any) -> None:
+        """Apply a new user_config in place (no restart)."""
+        token = _current_replica.set(self.context)
+        try:
+            await self._reconfigure(user_config)
+            self.user_config = user_config
+        finally:
+            _current_replica.reset(token)
+
+    async def check_health(self) -> None:
+        """Run the user's check_health(); raising means unhealthy."""
+        method = getattr(self.servable, "check_health", None)
+        if method is None:
+            return
+        token = _current_replica.set(self.context)
+        try:
+            if inspect.iscoroutinefunction(method):
+                await method()
+            else:
+                await self._run_sync(method)
+        finally:
+            _current_replica.reset(token)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "started_at": self.started_at, "ongoing": self.ongoing}
+
+    def stats(self) -> dict:
+        return {"ongoing": self.ongoing}
+
+    async def drain(self, timeout_s: float, poll_s: float) -> int:
+        """Stop accepting, then wait (polling every ``poll_s``) for in-flight
+        requests to finish, at most ``timeout_s``; returns how many remain."""
+        self.accepting = False
+        deadline = time.monotonic() + timeout_s
+        while self.ongoing and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self._idle.wait(), min(max(poll_s, 0.01), max(deadline - time.monotonic(), 0)))
+            except asyncio.TimeoutError:
+                pass
+        return self.ongoing
+
+    async def shutdown(self) -> None:
+        """Release the user object (its ``__del__`` runs) and the thread pool."""
+        self.accepting = False
+        servable, self.servable = self.servable, None
+        self.context.servable_object = None
+        self._methods.clear()
+        del servable
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    # ---- requests (worker plugin -> direct calls) ----
+    def _method(self, name: str) -> Tuple[Callable, str]:
+        found = self._methods.get(name)
+        if found is None:
+            if inspect.isfunction(self.servable) or not hasattr(self.servable, name):
+                if name == "__call__" and callable(self.servable):
+                    fn = self.servable
+                else:
+                    raise AttributeError(
+                        f"deployment {self.deployment!r} has no method {name!r}"
+                    )
+            else:
+                fn = getattr(self.servable, name)
+            found = self._methods[name] = (fn, _kind(fn))
+        return found
+
+    def _enter(self, ctx: Optional[dict]) -> None:
+        self.ongoing += 1
+        self._idle.clear()
+        _current_replica.set(self.context)
+        _request_context.set(RequestContext.from_wire(ctx))
+
+    def _exit(self) -> None:
+        self.ongoing -= 1
+        if self.ongoing == 0:
+            self._idle.set()
+
+    async def call(self, method: str, payload: bytes, ctx: Optional[dict]) -> Any:
+        """Run one unary request (called in its own task by the mux handler)."""
+        fn, kind = self._method(method)
+        if kind in (_GEN, _ASYNC_GEN):
+            raise TypeError(
+                f"method {method!r} of deployment {self.deployment!r} is a generator; "
+                "call it with handle.options(stream=True)"
+            )
+        self._enter(ctx)
+        try:
+            async with self._sem:
+                args, kwargs = loads(payload)
+                if kind == _ASYNC:
+                    return await fn(*args, **kwargs)
+                result = await self._run_sync(functools.partial(fn, *args, **kwargs))
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+        finally:
+            self._exit()
+
+    async def stream(self, method: str, payload: bytes, ctx: Optional[dict]) -> AsyncIterator[Any]:
+        """Run one streaming request, yielding the generator's items."""
+        fn, kind = self._method(method)
+        if kind not in (_GEN, _ASYNC_GEN):
+            raise TypeError(
+                f"method {method!r} of deployment {self.deployment!r} is not a generator; "
+                "stream=True needs a generator or async generator method"
+            )
+        self._enter(ctx)
+        try:
+            async with self._sem:
+                args, kwargs = loads(payload)
+                if kind == _ASYNC_GEN:
+                    agen = fn(*args, **kwargs)
+                    try:
+                        async for item in agen:
+                            yield item
+                    finally:
+                        await agen.aclose()
+                else:
+                    gen = await self._run_sync(functools.partial(fn, *args, **kwargs))
+                    done = object()
+                    try:
+                        while True:
+                            item = await self._run_sync(next, gen, done)
+                            if item is done:
+                                break
+                            yield item
+                    finally:
+                        gen.close()
+        finally:
+            self._exit()

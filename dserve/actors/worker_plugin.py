@@ -1,0 +1,99 @@
+"""dserve's Dask WorkerPlugin: the data-plane handler on every worker.
+
+The controller installs it on all workers (present and future). It adds the
+``dserve_mux`` comm handler: a caller opens one comm per worker and sends
+requests for any replica on that worker over it; each request runs in its own
+task and replies through a write coalescer. A caller that goes away cancels
+its requests still running here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Dict
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..event_loop import set_process_worker
+from ..serialization import dumps, pack_exception
+from ..wire import MUX_OP, Coalescer
+
+__all__ = ["DServeWorkerPlugin", "PLUGIN_NAME"]
+
+logger = logging.getLogger("dserve.worker")
+
+PLUGIN_NAME = "dserve-worker"
+
+
+class DServeWorkerPlugin(WorkerPlugin):
+    """Registers the ``dserve_mux`` handler on a worker."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+        set_process_worker(worker)
+        worker.handlers[MUX_OP] = self.mux
+
+    def teardown(self, worker: Any) -> None:
+        worker.handlers.pop(MUX_OP, None)
+
+    async def mux(self, comm: Any) -> None:
+        """Serve multiplexed requests from one caller until its comm closes."""
+        out = Coalescer(comm)
+        tasks: Dict[int, asyncio.Task] = {}
+        actors = self.worker.state.actors
+        try:
+            while True:
+                batch = await comm.read()
+                for msg in batch:
+                    i = msg["i"]
+                    if "x" in msg:
+                        task = tasks.pop(i, None)
+                        if task is not None:
+                            task.cancel()
+                        continue
+                    replica = actors.get(msg["k"])
+                    if replica is None or not getattr(replica, "accepting", False):
+                        out.send({"i": i, "g": "replica not on this worker or not accepting"})
+                        continue
+                    serve = _serve_stream if msg.get("s") else _serve_unary
+                    task = asyncio.ensure_future(serve(replica, msg, out))
+                    tasks[i] = task
+                    task.add_done_callback(lambda _t, i=i: tasks.pop(i, None))
+        except Exception:  # the caller went away (or sent garbage)
+            pass
+        finally:
+            out.abort()
+            for task in list(tasks.values()):
+                task.cancel()
+
+
+async def _serve_unary(replica: Any, msg: dict, out: Coalescer) -> None:
+    i = msg["i"]
+    try:
+        result = await replica.call(msg["m"], msg["p"], msg.get("c"))
+        out.send({"i": i, "r": dumps(result)})
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every error goes back to the caller
+        logger.warning("request to %s failed: %r", replica.replica_id, exc, exc_info=_is_user_error(exc))
+        out.send({"i": i, "e": pack_exception(exc)})
+
+
+async def _serve_stream(replica: Any, msg: dict, out: Coalescer) -> None:
+    i = msg["i"]
+    try:
+        async for item in replica.stream(msg["m"], msg["p"], msg.get("c")):
+            out.send({"i": i, "c": dumps(item)})
+        out.send({"i": i, "d": 1})
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        logger.warning("stream from %s failed: %r", replica.replica_id, exc, exc_info=_is_user_error(exc))
+        out.send({"i": i, "e": pack_exception(exc)})
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return not isinstance(exc, (TypeError, AttributeError))

@@ -1,0 +1,252 @@
+"""The Python API: start / run / delete / status / shutdown and handle getters.
+
+Every call here is a scheduler RPC to the controller (the same controller
+methods the REST API and the CLI use). The process keeps one ``Runtime``
+(see ``runtime``) and, when it started one, the embedded cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any, Dict, Optional, Union
+
+import cloudpickle
+from distributed.protocol.pickle import dumps as dask_dumps
+
+from . import cluster as _cluster
+from .config import HTTPOptions, ProxyLocation, gRPCOptions
+from .controller import CONTROLLER_NAME, Controller
+from .controller.application_state import ApplicationSpec
+from .controller.deployment_state import DeploymentSpec
+from .deployment import _UNSET, Application, build_application
+from .event_loop import home_loop, in_loop_thread, worker_or_none
+from .exceptions import DeploymentFailedError, RayServeException
+from .handle import DeploymentHandle
+from .runtime import Runtime, current_runtime, get_runtime, set_runtime
+from .schema import ServeStatus
+from .serialization import dumps, dumps_code
+
+__all__ = [
+    "start", "run", "delete", "status", "shutdown", "get_app_handle", "get_deployment_handle",
+]
+
+logger = logging.getLogger("dserve")
+
+_owned_cluster: Any = None
+
+
+def _sync(runtime: Runtime, coro: Any, timeout: Optional[float] = None) -> Any:
+    if in_loop_thread(runtime.loop):
+        coro.close()
+        raise RuntimeError(
+            "this dserve call blocks; it cannot run on the event loop dserve uses in this "
+            "process (call it from sync code, or from a thread)"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, runtime.loop).result(timeout)
+
+
+async def _ensure_controller(runtime: Runtime, options: Dict[str, Any]) -> None:
+    """Install the controller on the scheduler unless it is there (idempotent)."""
+    await runtime.rpc(
+        "register_scheduler_plugin",
+        plugin=dask_dumps(Controller(options)),
+        name=CONTROLLER_NAME,
+        idempotent=True,
+    )
+    if await runtime.rpc("dserve_ping") is None:
+        raise RayServeException("the dserve controller could not be installed on the scheduler")
+
+
+def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = None) -> Runtime:
+    """Connect this process to dserve (starting the controller, or a cluster, if needed)."""
+    global _owned_cluster
+    runtime = current_runtime()
+    if runtime is not None and not runtime.closed and runtime.scheduler_address and (
+        address is None or address == runtime.scheduler_address
+    ):
+        return runtime
+    scheduler_address = _cluster.find_address(address)
+    if scheduler_address is None:
+        if worker_or_none() is not None:
+            raise RayServeException("inside a Dask worker, dserve uses the worker's own scheduler")
+        _owned_cluster = _cluster.start_embedded_cluster()
+        scheduler_address = _owned_cluster.scheduler_address
+    runtime = Runtime(scheduler_address, home_loop())
+    try:
+        _sync(runtime, _ensure_controller(runtime, options or {}), timeout=60)
+    except BaseException:
+        _sync(runtime, runtime.close())
+        raise
+    set_runtime(runtime)
+    return runtime
+
+
+def _connect_existing() -> Runtime:
+    """Connect to a running dserve without starting a cluster (for handle getters)."""
+    address = _cluster.find_address(None)
+    if address is None:
+        raise RayServeException(
+            "dserve is not running: call serve.start() or serve.run() first, or set DSERVE_ADDRESS"
+        )
+    return _connect(address)
+
+
+def _options(http_options: Any, grpc_options: Any, proxy_location: Any) -> Dict[str, Any]:
+    opts: Dict[str, Any] = {}
+    if http_options is not None:
+        opts["http_options"] = (HTTPOptions(**http_options) if isinstance(http_options, dict) else http_options).model_dump()
+    if grpc_options is not None:
+        opts["grpc_options"] = (gRPCOptions(**grpc_options) if isinstance(grpc_options, dict) else grpc_options).model_dump()
+    if proxy_location is not None:
+        opts["proxy_location"] = ProxyLocation.parse(proxy_location).value
+    return opts
+
+
+def start(
+    http_options: Union[None, dict, HTTPOptions] = None,
+    grpc_options: Union[None, dict, gRPCOptions] = None,
+    proxy_location: Union[None, str, ProxyLocation] = None,
+    *,
+    address: Optional[str] = None,
+    **_ignored: Any,
+) -> None:
+    """Start dserve on a Dask cluster (found or embedded); idempotent."""
+    _connect(address, _options(http_options, grpc_options, proxy_location))
+
+
+def _spec(app: Application, name: str, route_prefix: Any) -> ApplicationSpec:
+    built = build_application(app, name, route_prefix)
+    deployments = []
+    for bd in built.deployments:
+        code = dumps_code(bd.deployment.func_or_class)
+        init = cloudpickle.dumps((bd.args, bd.kwargs))
+        version = hashlib.sha1(code + b"\0" + init).hexdigest()[:16]
+        deployments.append(DeploymentSpec(bd.name, code, init, bd.deployment.config, version, bd.is_ingress))
+    return ApplicationSpec(built.name, built.route_prefix, built.ingress, deployments)
+
+
+def deploy_specs(runtime: Runtime, specs: list) -> None:
+    """Send application specs to the controller; raise on a rejected deploy."""
+    result = _sync(runtime, runtime.rpc("dserve_deploy", spec=dumps(specs)))
+    if result.get("error"):
+        raise ValueError(result["error"])
+
+
+def wait_for_application(runtime: Runtime, name: str, timeout_s: Optional[float] = None) -> None:
+    """Block until ``name`` is RUNNING; raise ``DeploymentFailedError`` if it failed."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_message = ""
+    while True:
+        state = _sync(runtime, runtime.rpc("dserve_wait", name=name, timeout=5.0))
+        if state["status"] == "RUNNING":
+            return
+        if state["status"] == "DEPLOY_FAILED":
+            raise DeploymentFailedError(f"Application {name!r} failed to deploy:\n{state['message']}")
+        if state["status"] == "NOT_STARTED":
+            raise DeploymentFailedError(f"Application {name!r} was deleted while deploying.")
+        if state["message"] and state["message"] != last_message:
+            last_message = state["message"]
+            logger.warning("Application %r is still deploying: %s", name, last_message)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"Application {name!r} did not become RUNNING in {timeout_s}s: {last_message}")
+
+
+def run(
+    target: Application,
+    blocking: bool = False,
+    name: str = "default",
+    route_prefix: Any = _UNSET,
+    _local_testing_mode: bool = False,
+    *,
+    address: Optional[str] = None,
+    **_ignored: Any,
+) -> DeploymentHandle:
+    """Deploy an application (replacing one of the same name) and return its ingress handle
+    once it is RUNNING."""
+    if _local_testing_mode:
+        from .local_testing import run_local
+
+        return run_local(target, name, route_prefix)
+    spec = _spec(target, name, route_prefix)
+    runtime = _connect(address)
+    deploy_specs(runtime, [spec])
+    wait_for_application(runtime, name)
+    handle = DeploymentHandle(spec.ingress, name)
+    if blocking:
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            logger.info("Got KeyboardInterrupt, exiting...")
+    return handle
+
+
+def delete(name: str, _blocking: bool = True) -> None:
+    """Delete an application and all its deployments."""
+    runtime = get_runtime()
+    _sync(runtime, runtime.rpc("dserve_delete", names=[name], wait=_blocking))
+
+
+def status() -> ServeStatus:
+    """Status of every application, deployment and proxy."""
+    runtime = get_runtime()
+    raw = _sync(runtime, runtime.rpc("dserve_status"))
+    return ServeStatus.model_validate(raw)
+
+
+def shutdown() -> None:
+    """Delete every application; stop the embedded cluster if dserve started it."""
+    global _owned_cluster
+    runtime = current_runtime()
+    if runtime is not None and not runtime.closed and runtime.scheduler_address:
+        try:
+            _sync(runtime, runtime.rpc("dserve_shutdown"), timeout=120)
+        except Exception as exc:  # the cluster may already be gone
+            logger.info("dserve shutdown: %r", exc)
+    if runtime is not None:
+        try:
+            _sync(runtime, runtime.close(), timeout=10)
+        except Exception:
+            pass
+    set_runtime(None)
+    from . import local_testing
+
+    local_testing.clear()
+    if _owned_cluster is not None:
+        cluster, _owned_cluster = _owned_cluster, None
+        cluster.close()
+
+
+def get_app_handle(name: str) -> DeploymentHandle:
+    """A handle to an application's ingress deployment."""
+    runtime = get_runtime()
+    if not runtime.scheduler_address:  # local testing mode
+        from .local_testing import ingress_of
+
+        return DeploymentHandle(ingress_of(name), name)
+    if in_loop_thread(runtime.loop):
+        raise RayServeException(
+            "serve.get_app_handle() blocks; in async replica code use "
+            "serve.get_deployment_handle(deployment_name, app_name)"
+        )
+    info = _sync(runtime, runtime.rpc("dserve_app_info", name=name))
+    if info is None:
+        raise RayServeException(f"Application '{name}' does not exist.")
+    return DeploymentHandle(info["ingress"], name)
+
+
+def get_deployment_handle(deployment_name: str, app_name: Optional[str] = None) -> DeploymentHandle:
+    """A handle to any deployment of an application (the current app inside a replica)."""
+    if app_name is None:
+        from .context import _current_replica
+
+        replica = _current_replica.get()
+        app_name = replica.app_name if replica is not None else "default"
+    runtime = get_runtime()
+    if runtime.scheduler_address and not in_loop_thread(runtime.loop):
+        info = _sync(runtime, runtime.rpc("dserve_app_info", name=app_name))
+        if info is None or deployment_name not in info["deployments"]:
+            raise RayServeException(f"Deployment '{deployment_name}' in application '{app_name}' does not exist.")
+    return DeploymentHandle(deployment_name, app_name)

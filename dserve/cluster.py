@@ -1,0 +1,84 @@
+"""Find the Dask cluster to serve on, or start an embedded one.
+
+Order: an explicit ``address=``, the ``DSERVE_ADDRESS`` environment variable,
+Dask's configured ``scheduler-address``, a current default
+``distributed.Client``; otherwise a ``LocalCluster`` of worker processes on
+127.0.0.1 that dserve owns and stops at ``serve.shutdown()`` or exit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import dask
+
+__all__ = ["find_address", "start_embedded_cluster"]
+
+logger = logging.getLogger("dserve")
+
+
+def find_address(address: Optional[str] = None) -> Optional[str]:
+    """The scheduler address to use, or None when an embedded cluster is needed."""
+    if address:
+        return address
+    env = os.environ.get("DSERVE_ADDRESS")
+    if env:
+        return env
+    configured = dask.config.get("scheduler-address", None) or dask.config.get("scheduler_address", None)
+    if configured:
+        return configured
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ValueError, ImportError):
+        return None
+    return client.scheduler.address if client.scheduler is not None else None
+
+
+def start_embedded_cluster() -> Any:
+    """Start the embedded cluster: a scheduler in this process, workers in subprocesses.
+
+    Workers are ``dask spec`` subprocesses (each a Nanny and its worker), not
+    multiprocessing children, so a script without an ``if __name__ ==
+    "__main__"`` guard is not re-executed in them. Sized by Dask config
+    ``dserve.embedded.n-workers`` (default 2) and
+    ``dserve.embedded.threads-per-worker`` (default 4): each thread is one CPU
+    slot for ``ray_actor_options={"num_cpus": ...}``.
+    """
+    from distributed import Scheduler
+    from distributed.deploy.spec import SpecCluster
+    from distributed.deploy.subprocess import SubprocessWorker
+
+    n_workers = int(dask.config.get("dserve.embedded.n-workers", 2))
+    threads = int(dask.config.get("dserve.embedded.threads-per-worker", 4))
+    worker = {
+        "cls": SubprocessWorker,
+        "options": {
+            "worker_class": "distributed.Nanny",
+            "worker_kwargs": {"host": "127.0.0.1", "nthreads": threads, "memory_limit": "auto"},
+        },
+    }
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": None},
+    }
+    quiet = dask.config.get("dserve.embedded.quiet", True)
+    saved = os.environ.get("DASK_LOGGING__DISTRIBUTED")
+    if quiet and saved is None:  # worker subprocesses inherit this at spawn
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
+    try:
+        with dask.config.set({"distributed.scheduler.worker-ttl": "30s"}):
+            cluster = SpecCluster(
+                workers={i: worker for i in range(n_workers)},
+                scheduler=scheduler,
+                worker=worker,
+                name="dserve-embedded",
+                silence_logs=logging.WARNING if quiet else False,
+            )
+    finally:
+        if quiet and saved is None:
+            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+    logger.info("dserve started an embedded Dask cluster at %s", cluster.scheduler_address)
+    return cluster

@@ -1,0 +1,277 @@
+"""The controller: a Dask SchedulerPlugin that owns dserve's goal state.
+
+Installed by ``dask scheduler --preload dserve`` or registered by the client
+(``serve.start``). It answers the ``dserve_*`` scheduler RPCs (deploy, wait,
+delete, status, long-poll of replica sets), reconciles applications on an
+event-driven loop with a short tick, and reacts to workers joining and
+leaving. It never sits on the request path and never blocks the scheduler's
+event loop: actors are created through its own asynchronous Client, started
+in a background task (awaiting it in ``start`` would deadlock a starting
+scheduler).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any, Dict, List, Optional, Set
+
+from distributed import Client
+from distributed.core import Status
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol.pickle import dumps as dask_dumps
+
+from ..actors.worker_plugin import PLUGIN_NAME, DServeWorkerPlugin
+from ..schema import ApplicationStatus
+from ..serialization import loads
+from .application_state import ApplicationSpec, ApplicationState
+from .placement import PlacementLedger
+
+__all__ = ["Controller", "CONTROLLER_NAME"]
+
+logger = logging.getLogger("dserve.controller")
+
+CONTROLLER_NAME = "dserve-controller"
+RECONCILE_TICK_S = 0.5
+
+
+class Controller(SchedulerPlugin):
+    """dserve's control plane, living in the Dask scheduler."""
+
+    name = CONTROLLER_NAME
+    idempotent = True
+
+    def __init__(self, options: Optional[Dict[str, Any]] = None) -> None:
+        self.options: Dict[str, Any] = dict(options or {})
+
+    # ---- SchedulerPlugin hooks ----
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.apps: Dict[str, ApplicationState] = {}
+        self.ledger = PlacementLedger()
+        self.client: Optional[Client] = None
+        self.unplaceable: Dict[str, int] = {}
+        self._versions = itertools.count(1)
+        self._changed = asyncio.Event()
+        self._ticked = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._tasks: Set[asyncio.Task] = set()
+        self._closing = False
+        self.started_at = time.time()
+        for name in dir(self):
+            if name.startswith("rpc_"):
+                scheduler.handlers["dserve_" + name[4:]] = getattr(self, name)
+        self._boot_task = asyncio.ensure_future(self._boot())
+
+    async def _boot(self) -> None:
+        self.client = await Client(
+            self.scheduler.address, asynchronous=True, direct_to_workers=True,
+            name="dserve-controller", set_as_default=False,
+        )
+        await self.scheduler.register_worker_plugin(
+            None, dask_dumps(DServeWorkerPlugin()), name=PLUGIN_NAME, idempotent=True
+        )
+        self._ready.set()
+        self._loop_task = asyncio.ensure_future(self._reconcile_loop())
+        logger.info("dserve controller ready on %s", self.scheduler.address)
+
+    async def before_close(self) -> None:
+        self._closing = True
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in [getattr(self, "_loop_task", None), getattr(self, "_boot_task", None), *self._tasks]:
+            if task is not None:
+                task.cancel()
+        if self.client is not None:
+            try:
+                await asyncio.wait_for(self.client.close(), 5)
+            except Exception:
+                pass
+        for name in list(self.scheduler.handlers):
+            if name.startswith("dserve_"):
+                del self.scheduler.handlers[name]
+
+    def add_worker(self, scheduler: Any = None, worker: Optional[str] = None) -> None:
+        self.wake()
+
+    def remove_worker(self, scheduler: Any = None, worker: Optional[str] = None, **kwargs: Any) -> None:
+        # also fires while the cluster shuts down: never re-place into a dying cluster
+        if self._closing or self.scheduler.status != Status.running or worker is None:
+            return
+        for app in self.apps.values():
+            for dep in app.deployments.values():
+                dep.worker_lost(worker)
+        self.ledger.forget(worker)
+        self.wake()
+
+    # ---- helpers used by the state objects ----
+    def next_version(self) -> int:
+        return next(self._versions)
+
+    def notify_change(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def wake(self) -> None:
+        if hasattr(self, "_wake"):
+            self._wake.set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("dserve controller task failed", exc_info=task.exception())
+
+    def placeable_workers(self) -> List[Any]:
+        return [ws for ws in self.scheduler.workers.values() if ws.status == Status.running]
+
+    def worker_alive(self, address: str) -> bool:
+        return address in self.scheduler.workers
+
+    def note_unplaceable(self, key: str, count: int) -> None:
+        if count:
+            self.unplaceable[key] = count
+        else:
+            self.unplaceable.pop(key, None)
+
+    # ---- reconcile loop ----
+    async def _reconcile_loop(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), RECONCILE_TICK_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.reconcile()
+            except Exception:
+                logger.exception("dserve reconcile step failed")
+            event, self._ticked = self._ticked, asyncio.Event()
+            event.set()
+
+    def reconcile(self) -> None:
+        for name, app in list(self.apps.items()):
+            if app.reconcile():
+                del self.apps[name]
+                self.notify_change()
+
+    async def _next_tick(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._ticked.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ---- RPC handlers (scheduler.handlers["dserve_<name>"]) ----
+    async def rpc_ping(self) -> Dict[str, Any]:
+        await self._ready.wait()
+        return {"ok": True, "started_at": self.started_at}
+
+    async def rpc_deploy(self, spec: bytes) -> Dict[str, Any]:
+        """Deploy or update applications; returns at once (see rpc_wait)."""
+        await self._ready.wait()
+        specs: List[ApplicationSpec] = loads(spec)
+        error = self._check_routes(specs)
+        if error:
+            return {"error": error}
+        for app_spec in specs:
+            app = self.apps.get(app_spec.name)
+            if app is None or app.deleting:
+                if app is not None:  # deleted but not gone: take it over
+                    app.apply(app_spec)
+                else:
+                    self.apps[app_spec.name] = ApplicationState(self, app_spec)
+            else:
+                app.apply(app_spec)
+        self.notify_change()
+        self.wake()
+        return {"ok": True}
+
+    def _check_routes(self, specs: List[ApplicationSpec]) -> str:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            return f"application names must be unique, got {names}"
+        taken = {a.route_prefix: a.name for a in self.apps.values() if a.route_prefix and not a.deleting}
+        for s in specs:
+            if s.route_prefix is None:
+                continue
+            owner = taken.get(s.route_prefix)
+            if owner is not None and owner != s.name and owner not in names:
+                return (
+                    f"Prefix {s.route_prefix} is being used by application \"{owner}\". "
+                    f"Failed to deploy application \"{s.name}\"."
+                )
+            taken[s.route_prefix] = s.name
+        return ""
+
+    async def rpc_wait(self, name: str, timeout: float = 5.0) -> Dict[str, Any]:
+        """Wait until an application is RUNNING or DEPLOY_FAILED (or timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            app = self.apps.get(name)
+            if app is None:
+                return {"status": ApplicationStatus.NOT_STARTED.value, "message": f"no application named {name!r}"}
+            status = app.status
+            if status in (ApplicationStatus.RUNNING, ApplicationStatus.DEPLOY_FAILED) or time.monotonic() >= deadline:
+                return {"status": status.value, "message": app.message}
+            await self._next_tick(deadline - time.monotonic())
+
+    async def rpc_delete(self, names: List[str], wait: bool = True, timeout: float = 60.0) -> Dict[str, Any]:
+        for name in names:
+            app = self.apps.get(name)
+            if app is not None:
+                app.delete()
+        self.notify_change()
+        self.wake()
+        deadline = time.monotonic() + timeout
+        while wait and any(n in self.apps for n in names) and time.monotonic() < deadline:
+            await self._next_tick(deadline - time.monotonic())
+        return {"ok": True, "remaining": [n for n in names if n in self.apps]}
+
+    async def rpc_shutdown(self, timeout: float = 60.0) -> Dict[str, Any]:
+        return await self.rpc_delete(list(self.apps), wait=True, timeout=timeout)
+
+    async def rpc_status(self) -> Dict[str, Any]:
+        return {
+            "applications": {name: app.status_dict() for name, app in self.apps.items()},
+            "proxies": {},
+        }
+
+    async def rpc_app_info(self, name: str) -> Optional[Dict[str, Any]]:
+        app = self.apps.get(name)
+        if app is None or app.deleting:
+            return None
+        return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
+                "deployments": list(app.deployments)}
+
+    def _snapshot(self, key: str) -> Dict[str, Any]:
+        app_name, _, dep_name = key.partition("#")
+        app = self.apps.get(app_name)
+        dep = app.deployments.get(dep_name) if app is not None else None
+        if dep is None:
+            return {"version": 0, "exists": False, "replicas": []}
+        return dep.snapshot()
+
+    async def rpc_listen(self, versions: Dict[str, int], timeout: float = 20.0) -> Dict[str, Any]:
+        """Long poll: the replica sets whose version differs from the caller's."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._changed
+            updates = {}
+            for key, version in versions.items():
+                snap = self._snapshot(key)
+                if snap["version"] != version:
+                    updates[key] = snap
+            remaining = deadline - time.monotonic()
+            if updates or remaining <= 0:
+                return updates
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return {}

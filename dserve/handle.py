@@ -1,0 +1,307 @@
+"""Deployment handles: call a deployment from anywhere Python runs.
+
+``handle.remote(...)`` returns a ``DeploymentResponse`` (``await`` it or call
+``.result()``); with ``.options(stream=True)`` it returns a
+``DeploymentResponseGenerator``. The work happens on the process's home event
+loop (see ``event_loop``), so handles work from sync code, from async code on
+any loop, inside replicas and inside Dask tasks. ``RayServeHandle`` and
+``RayServeSyncHandle`` keep the pre-2.7 API for old code.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from typing import Any, AsyncIterator, Iterator, Optional, Union
+
+from .context import RequestContext, get_request_context
+from .event_loop import in_loop_thread
+from .exceptions import RequestCancelledError
+
+__all__ = [
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "DeploymentResponseGenerator",
+    "RayServeHandle",
+    "RayServeSyncHandle",
+]
+
+_UNSET: Any = object()
+_Future = Union[asyncio.Future, concurrent.futures.Future]
+
+
+def _loop_misuse() -> RuntimeError:
+    return RuntimeError(
+        "`.result()` would block the event loop this handle's calls run on (a deadlock). "
+        "Use `await response` in async code instead."
+    )
+
+
+class DeploymentResponse:
+    """A future-like object wrapping the result of a unary handle call."""
+
+    __slots__ = ("_future", "_request_id")
+
+    def __init__(self, future: _Future, request_id: str) -> None:
+        self._future = future
+        self._request_id = request_id
+
+    @property
+    def request_id(self) -> str:
+        return self._request_id
+
+    def result(self, *, timeout_s: Optional[float] = None, _skip_asyncio_check: bool = False) -> Any:
+        """Block until the result is ready; ``TimeoutError`` after ``timeout_s``."""
+        fut = self._future
+        if isinstance(fut, asyncio.Future):
+            if not fut.done():
+                raise _loop_misuse()
+            return self._unwrap(fut)
+        try:
+            return fut.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"Timed out waiting for the result after {timeout_s}s.") from None
+        except concurrent.futures.CancelledError:
+            raise RequestCancelledError(self._request_id) from None
+
+    def _unwrap(self, fut: asyncio.Future) -> Any:
+        if fut.cancelled():
+            raise RequestCancelledError(self._request_id)
+        return fut.result()
+
+    def __await__(self):
+        return self._await().__await__()
+
+    async def _await(self) -> Any:
+        fut = self._future
+        try:
+            if isinstance(fut, asyncio.Future):
+                return await fut  # cancelling the caller cancels the call (Ray's semantics)
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                raise RequestCancelledError(self._request_id) from None
+            raise
+
+    def cancel(self) -> None:
+        """Cancel the request; the replica sees ``asyncio.CancelledError``."""
+        fut = self._future
+        if isinstance(fut, asyncio.Future):
+            fut.get_loop().call_soon_threadsafe(fut.cancel)
+        else:
+            fut.cancel()
+
+    def cancelled(self) -> bool:
+        return self._future.cancelled()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+
+class DeploymentResponseGenerator:
+    """Iterates the items of a streaming call (``for`` and ``async for``)."""
+
+    def __init__(self, queue: "asyncio.Queue", task: _Future, loop: asyncio.AbstractEventLoop, request_id: str) -> None:
+        self._queue = queue
+        self._task = task
+        self._loop = loop
+        self._request_id = request_id
+        self._finished = False
+
+    @property
+    def request_id(self) -> str:
+        return self._request_id
+
+    def _take(self, item: Any) -> Any:
+        kind, value = item
+        if kind == "item":
+            return value
+        self._finished = True
+        if kind == "error":
+            if isinstance(value, asyncio.CancelledError):
+                raise RequestCancelledError(self._request_id)
+            raise value
+        raise _Done
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        if in_loop_thread(self._loop):
+            raise _loop_misuse()
+        item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
+        try:
+            return self._take(item)
+        except _Done:
+            raise StopIteration from None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._finished:
+            raise StopAsyncIteration
+        if in_loop_thread(self._loop):
+            item = await self._queue.get()
+        else:
+            item = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop))
+        try:
+            return self._take(item)
+        except _Done:
+            raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        """Stop the stream; the generator in the replica is cancelled."""
+        task = self._task
+        if isinstance(task, asyncio.Future):
+            self._loop.call_soon_threadsafe(task.cancel)
+        else:
+            task.cancel()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelled()
+
+
+class _Done(Exception):
+    pass
+
+
+async def _pump(stream: AsyncIterator[Any], queue: "asyncio.Queue") -> None:
+    try:
+        async for item in stream:
+            queue.put_nowait(("item", item))
+    except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
+        queue.put_nowait(("error", exc))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    else:
+        queue.put_nowait(("done", None))
+
+
+class DeploymentHandle:
+    """A handle used to make requests to a deployment at runtime."""
+
+    def __init__(
+        self,
+        deployment_name: str,
+        app_name: str = "default",
+        *,
+        method_name: str = "__call__",
+        multiplexed_model_id: str = "",
+        stream: bool = False,
+    ) -> None:
+        self._deployment_name = deployment_name
+        self._app_name = app_name
+        self._method_name = method_name
+        self._multiplexed_model_id = multiplexed_model_id
+        self._stream = stream
+
+    @property
+    def deployment_name(self) -> str:
+        return self._deployment_name
+
+    @property
+    def app_name(self) -> str:
+        return self._app_name
+
+    @property
+    def handle_id(self) -> str:
+        return f"{self._app_name}#{self._deployment_name}"
+
+    def _copy(self, **changes: Any) -> "DeploymentHandle":
+        fields = {
+            "method_name": self._method_name,
+            "multiplexed_model_id": self._multiplexed_model_id,
+            "stream": self._stream,
+        }
+        fields.update({k: v for k, v in changes.items() if v is not _UNSET})
+        return type(self)(self._deployment_name, self._app_name, **fields)
+
+    def options(
+        self,
+        *,
+        method_name: str = _UNSET,
+        multiplexed_model_id: str = _UNSET,
+        stream: bool = _UNSET,
+        use_new_handle_api: bool = _UNSET,
+        **_ignored: Any,
+    ) -> "DeploymentHandle":
+        """A copy of this handle with some call options changed."""
+        return self._copy(method_name=method_name, multiplexed_model_id=multiplexed_model_id, stream=stream)
+
+    def __getattr__(self, name: str) -> "DeploymentHandle":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._copy(method_name=name)
+
+    def __reduce__(self):
+        return _rebuild_handle, (
+            type(self), self._deployment_name, self._app_name,
+            self._method_name, self._multiplexed_model_id, self._stream,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(deployment={self._deployment_name!r}, app={self._app_name!r})"
+
+    def _context(self) -> RequestContext:
+        parent = get_request_context()
+        return RequestContext(
+            request_id=parent.request_id or uuid.uuid4().hex,
+            route=parent.route,
+            app_name=self._app_name,
+            multiplexed_model_id=self._multiplexed_model_id,
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Union[DeploymentResponse, DeploymentResponseGenerator]:
+        """Send a request; returns at once with a response (or a generator when streaming)."""
+        from .runtime import get_runtime
+
+        runtime = get_runtime()
+        loop = runtime.loop
+        ctx = self._context()
+        app, dep, method = self._app_name, self._deployment_name, self._method_name
+        if self._stream:
+            queue: asyncio.Queue = asyncio.Queue()
+
+            async def stream_call() -> None:
+                await _pump(runtime.router(app, dep).stream(method, args, kwargs, ctx), queue)
+
+            task = _submit(stream_call(), loop)
+            return DeploymentResponseGenerator(queue, task, loop, ctx.request_id)
+
+        async def call() -> Any:
+            return await runtime.router(app, dep).call(method, args, kwargs, ctx)
+
+        return DeploymentResponse(_submit(call(), loop), ctx.request_id)
+
+
+def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> _Future:
+    if in_loop_thread(loop):
+        return loop.create_task(coro)
+    return asyncio.run_coroutine_threadsafe(coro, loop)
+
+
+def _rebuild_handle(cls: type, deployment: str, app: str, method: str, model_id: str, stream: bool) -> "DeploymentHandle":
+    return cls(deployment, app, method_name=method, multiplexed_model_id=model_id, stream=stream)
+
+
+class RayServeSyncHandle(DeploymentHandle):
+    """Pre-2.7 handle for sync code: ``remote()`` returns a response to ``.result()``."""
+
+    def options(self, *, use_new_handle_api: bool = _UNSET, **kwargs: Any) -> DeploymentHandle:
+        handle = super().options(**kwargs)
+        if use_new_handle_api is True:
+            return _rebuild_handle(
+                DeploymentHandle, handle._deployment_name, handle._app_name, handle._method_name,
+                handle._multiplexed_model_id, handle._stream,
+            )
+        return handle
+
+
+class RayServeHandle(RayServeSyncHandle):
+    """Pre-2.7 async handle: ``await handle.remote()`` gives a response to await again."""
+
+    async def remote(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return DeploymentHandle.remote(self, *args, **kwargs)

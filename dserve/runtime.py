@@ -1,0 +1,150 @@
+"""The per-process connection to a dserve instance.
+
+A ``Runtime`` knows the scheduler (where the controller lives), owns this
+process's routers and mux connections, and keeps the routers' replica sets
+current with one long poll to the controller. Drivers get one from
+``serve.start``/``serve.run``; worker processes (replicas, proxies, Dask tasks)
+create theirs lazily on the worker's own event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Dict, Optional, Tuple
+
+from distributed.core import ConnectionPool
+
+from .event_loop import home_loop, worker_or_none
+from .routing.mux import MuxConnection
+from .routing.router import Router
+
+__all__ = ["Runtime", "get_runtime", "set_runtime", "current_runtime"]
+
+logger = logging.getLogger("dserve")
+
+LONG_POLL_TIMEOUT_S = 20.0
+
+
+class Runtime:
+    """Routers, connections and the controller link for one process."""
+
+    def __init__(self, scheduler_address: str, loop: asyncio.AbstractEventLoop, pool: Any = None) -> None:
+        self.scheduler_address = scheduler_address
+        self.loop = loop
+        self._pool = pool
+        self._owns_pool = pool is None
+        self.routers: Dict[Tuple[str, str], Router] = {}
+        self.connections: Dict[str, Any] = {}
+        self._listener: Optional[asyncio.Task] = None
+        self.closed = False
+
+    # ---- control plane ----
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            self._pool = await ConnectionPool(limit=64, timeout=10)
+        return self._pool
+
+    async def rpc(self, op: str, **kwargs: Any) -> Any:
+        """Call a controller handler on the scheduler."""
+        pool = await self._get_pool()
+        return await getattr(pool(self.scheduler_address), op)(**kwargs)
+
+    # ---- data plane ----
+    def connection(self, address: str) -> Any:
+        conn = self.connections.get(address)
+        if conn is None or conn.closed:
+            if address.startswith("local://"):
+                from .local_testing import local_connection
+
+                conn = local_connection(address)
+            else:
+                conn = MuxConnection(address)
+            self.connections[address] = conn
+        return conn
+
+    def router(self, app: str, deployment: str) -> Router:
+        """The router for a deployment (created on first use; loop thread only)."""
+        key = (app, deployment)
+        router = self.routers.get(key)
+        if router is None:
+            router = Router(self, app, deployment)
+            self.routers[key] = router
+            from .local_testing import local_snapshot
+
+            snapshot = local_snapshot(app, deployment)
+            if snapshot is not None:
+                router.local = True
+                router.update(snapshot)
+            else:
+                self._restart_listener()
+        return router
+
+    def report_queued(self, router: Router) -> None:
+        """Hook for queue metrics (used by autoscaling)."""
+
+    # ---- long poll of replica sets ----
+    def _restart_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        self._listener = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        failures = 0
+        while not self.closed:
+            versions = {f"{a}#{d}": r.version for (a, d), r in self.routers.items() if not r.local}
+            try:
+                updates = await self.rpc("dserve_listen", versions=versions, timeout=LONG_POLL_TIMEOUT_S)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures in (1, 10):
+                    logger.warning("dserve: replica-set long poll failed (%r); retrying", exc)
+                await asyncio.sleep(min(0.1 * failures, 2.0))
+                continue
+            for key, snapshot in updates.items():
+                app, _, dep = key.partition("#")
+                router = self.routers.get((app, dep))
+                if router is not None:
+                    router.update(snapshot)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+        for conn in self.connections.values():
+            conn.close()
+        self.connections.clear()
+        for router in self.routers.values():
+            router._fail_waiters(RuntimeError("dserve was shut down"))
+        self.routers.clear()
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
+
+
+_runtime: Optional[Runtime] = None
+
+
+def current_runtime() -> Optional[Runtime]:
+    return _runtime
+
+
+def set_runtime(runtime: Optional[Runtime]) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime: the worker's in a Dask worker, else the driver's."""
+    global _runtime
+    if _runtime is not None and not _runtime.closed:
+        return _runtime
+    worker = worker_or_none()
+    if worker is not None:
+        _runtime = Runtime(worker.scheduler.address, worker.loop.asyncio_loop, pool=worker.rpc)
+        return _runtime
+    from .api import _connect_existing
+
+    _runtime = _connect_existing()
+    return _runtime

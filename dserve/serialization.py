@@ -1,0 +1,169 @@
+"""How user code, arguments, results and errors cross process boundaries.
+
+* Arguments and results use the standard pickle when it can stand for the
+  object on the other side, and cloudpickle otherwise (lambdas, local classes,
+  modules shipped by value).
+* User code ships by value when its module is not an installed package
+  (scripts, notebooks, test files), so an application defined anywhere deploys
+  without a runtime_env; installed modules ship by reference.
+* Exceptions raised by user code come back with their own type and the remote
+  traceback in their message.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import sysconfig
+import traceback
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+__all__ = ["dumps", "loads", "dumps_code", "ship_module_by_value", "pack_exception", "unpack_exception"]
+
+_by_value_markers: tuple[bytes, ...] = (b"__main__",)
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return tuple(os.path.realpath(p) for p in paths if p)
+
+
+_INSTALLED = _installed_roots()
+_DSERVE_ROOT = os.path.dirname(os.path.realpath(__file__))
+
+
+def _is_installed(module: ModuleType) -> bool:
+    path = getattr(module, "__file__", None)
+    if not path:  # builtins, namespace packages
+        return True
+    path = os.path.realpath(path)
+    if path.startswith(_DSERVE_ROOT):
+        return True
+    return any(path.startswith(root) for root in _INSTALLED)
+
+
+def ship_module_by_value(obj: Any) -> None:
+    """Register the module defining ``obj`` for pickling by value when it is
+    not an installed package (so workers need not be able to import it)."""
+    name = getattr(obj, "__module__", None)
+    module = sys.modules.get(name) if name else None
+    if module is None or name == "__main__" or _is_installed(module):
+        return
+    if name not in cloudpickle.list_registry_pickle_by_value():
+        cloudpickle.register_pickle_by_value(module)
+        global _by_value_markers
+        _by_value_markers = _by_value_markers + (name.encode(),)
+
+
+def dumps_code(obj: Any) -> bytes:
+    """Serialize user code (a class or function) for shipping to workers."""
+    ship_module_by_value(obj)
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize a value: the standard pickle when it suffices, else cloudpickle."""
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    for marker in _by_value_markers:
+        if marker in data:
+            return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+loads = pickle.loads
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback of an exception raised in another process."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def pack_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with its formatted traceback; never fails."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        return dumps((exc, tb))
+    except Exception:
+        from .exceptions import RayServeException
+
+        return dumps((RayServeException(f"{type(exc).__name__}: {exc}"), tb))
+
+
+_with_tb_classes: dict[type, type] = {}
+
+
+def _with_remote_traceback(exc: BaseException, tb: str) -> BaseException:
+    """Return ``exc`` as an instance of a subclass of its own type whose message
+    ends with the remote traceback (``except OriginalType`` still matches)."""
+    cls = type(exc)
+    sub = _with_tb_classes.get(cls)
+    if sub is None:
+        try:
+            sub = type(cls.__name__, (cls,), {
+                "__str__": _str_with_tb,
+                "__reduce__": _reduce_as_base,
+                "__module__": cls.__module__,
+                "__qualname__": getattr(cls, "__qualname__", cls.__name__),
+                "_dserve_base": cls,
+            })
+        except TypeError:  # final classes cannot be subclassed
+            sub = cls
+        _with_tb_classes[cls] = sub
+    if sub is not cls:
+        try:
+            copy = sub.__new__(sub, *exc.args)
+            copy.args = exc.args
+            copy.__dict__.update(exc.__dict__)
+            exc = copy
+        except Exception:
+            pass
+    exc._dserve_remote_tb = tb  # type: ignore[attr-defined]
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _str_with_tb(self: BaseException) -> str:
+    base = type(self)._dserve_base  # type: ignore[attr-defined]
+    msg = base.__str__(self)
+    tb = getattr(self, "_dserve_remote_tb", "")
+    return f"{msg}\n\n{tb}" if tb else msg
+
+
+def _reduce_as_base(self: BaseException):
+    base = type(self)._dserve_base  # type: ignore[attr-defined]
+    return _rebuild_plain, (base, self.args, self.__dict__)
+
+
+def _rebuild_plain(cls: type, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    state = {k: v for k, v in state.items() if k != "_dserve_remote_tb"}
+    exc.__dict__.update(state)
+    return exc
+
+
+def unpack_exception(data: bytes) -> BaseException:
+    """Rebuild an exception sent by :func:`pack_exception`."""
+    try:
+        exc, tb = loads(data)
+    except Exception as err:  # the type does not unpickle here
+        from .exceptions import RayServeException
+
+        return RayServeException(f"a remote error could not be deserialized: {err!r}")
+    if not isinstance(exc, BaseException):
+        from .exceptions import RayServeException
+
+        return RayServeException(str(exc))
+    return _with_remote_traceback(exc, tb)
