@@ -57,6 +57,7 @@ async def _ensure_controller(runtime: Runtime, options: Dict[str, Any]) -> None:
     )
     if await runtime.rpc("dserve_ping") is None:
         raise RayServeException("the dserve controller could not be installed on the scheduler")
+    await runtime.rpc("dserve_start", options=options)
 
 
 def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = None) -> Runtime:
@@ -66,6 +67,8 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
     if runtime is not None and not runtime.closed and runtime.scheduler_address and (
         address is None or address == runtime.scheduler_address
     ):
+        if options:
+            _sync(runtime, runtime.rpc("dserve_start", options=options), timeout=60)
         return runtime
     scheduler_address = _cluster.find_address(address)
     if scheduler_address is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from distributed.core import ConnectionPool
 
@@ -34,6 +34,7 @@ class Runtime:
         self._pool = pool
         self._owns_pool = pool is None
         self.routers: Dict[Tuple[str, str], Router] = {}
+        self.watchers: Dict[str, Tuple[int, Callable[[dict], None]]] = {}
         self.connections: Dict[str, Any] = {}
         self._listener: Optional[asyncio.Task] = None
         self.closed = False
@@ -79,6 +80,14 @@ class Runtime:
                 self._restart_listener()
         return router
 
+    def watch(self, key: str, callback: Callable[[dict], None]) -> None:
+        """Call ``callback(snapshot)`` whenever the controller's ``key`` changes (loop thread)."""
+        self.watchers[key] = (-1, callback)
+        self._restart_listener()
+
+    def unwatch(self, key: str) -> None:
+        self.watchers.pop(key, None)
+
     def report_queued(self, router: Router) -> None:
         """Hook for queue metrics (used by autoscaling)."""
 
@@ -92,6 +101,7 @@ class Runtime:
         failures = 0
         while not self.closed:
             versions = {f"{a}#{d}": r.version for (a, d), r in self.routers.items() if not r.local}
+            versions.update({key: version for key, (version, _) in self.watchers.items()})
             try:
                 updates = await self.rpc("dserve_listen", versions=versions, timeout=LONG_POLL_TIMEOUT_S)
                 failures = 0
@@ -104,6 +114,11 @@ class Runtime:
                 await asyncio.sleep(min(0.1 * failures, 2.0))
                 continue
             for key, snapshot in updates.items():
+                if key in self.watchers:
+                    callback = self.watchers[key][1]
+                    self.watchers[key] = (snapshot["version"], callback)
+                    callback(snapshot)
+                    continue
                 app, _, dep = key.partition("#")
                 router = self.routers.get((app, dep))
                 if router is not None:

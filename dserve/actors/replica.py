@@ -19,10 +19,14 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from starlette.concurrency import iterate_in_threadpool
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
+from ..ingress import prepare_asgi_app
 from ..serialization import loads
+from .http_adapter import HTTP_METHOD, serve_http
 
 __all__ = ["ReplicaActor"]
 
@@ -64,6 +68,7 @@ class ReplicaActor:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._sem: Optional[asyncio.Semaphore] = None
         self._idle: Optional[asyncio.Event] = None
+        self._asgi_app: Any = None
 
     # ---- lifecycle (controller -> Dask actor calls) ----
     async def initialize(self) -> dict:
@@ -98,6 +103,7 @@ class ReplicaActor:
             else:
                 self.servable = target
             self.context.servable_object = self.servable
+            self._asgi_app = prepare_asgi_app(self.servable)
             if self.user_config is not None:
                 await self._reconfigure(self.user_config)
         finally:
@@ -184,6 +190,8 @@ class ReplicaActor:
     # ---- requests (worker plugin -> direct calls) ----
     def _method(self, name: str) -> Tuple[Callable, str]:
         found = self._methods.get(name)
+        if found is None and name == HTTP_METHOD:
+            found = self._methods[name] = (self._serve_http, _ASYNC_GEN)
         if found is None:
             if inspect.isfunction(self.servable) or not hasattr(self.servable, name):
                 if name == "__call__" and callable(self.servable):
@@ -196,6 +204,22 @@ class ReplicaActor:
                 fn = getattr(self.servable, name)
             found = self._methods[name] = (fn, _kind(fn))
         return found
+
+    def _serve_http(self, scope: dict, body: bytes) -> AsyncIterator[list]:
+        """One HTTP request from a proxy: ASGI messages come back in batches."""
+        return serve_http(self._asgi_app, self._call_with_request, scope, body)
+
+    def _call_with_request(self, request: Any) -> Any:
+        fn, kind = self._method("__call__")
+        if kind == _ASYNC:
+            return fn(request)
+        if kind in (_GEN, _ASYNC_GEN):
+            from starlette.responses import StreamingResponse
+
+            if kind == _ASYNC_GEN:
+                return StreamingResponse(fn(request))
+            return StreamingResponse(iterate_in_threadpool(fn(request)))
+        return self._run_sync(functools.partial(fn, request))
 
     def _enter(self, ctx: Optional[dict]) -> None:
         self.ongoing += 1

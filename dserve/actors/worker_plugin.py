@@ -33,11 +33,42 @@ class DServeWorkerPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         self.worker = worker
+        self.proxy: Any = None
         set_process_worker(worker)
         worker.handlers[MUX_OP] = self.mux
+        worker.handlers["dserve_proxy_start"] = self.proxy_start
+        worker.handlers["dserve_proxy_stop"] = self.proxy_stop
 
-    def teardown(self, worker: Any) -> None:
-        worker.handlers.pop(MUX_OP, None)
+    async def teardown(self, worker: Any) -> None:
+        for name in (MUX_OP, "dserve_proxy_start", "dserve_proxy_stop"):
+            worker.handlers.pop(name, None)
+        await self.proxy_stop()
+
+    async def proxy_start(self, options: dict) -> dict:
+        """Start (or keep) this worker's HTTP proxy; the controller elected us."""
+        from ..config import HTTPOptions
+        from ..proxy.server import ProxyServer
+
+        http = HTTPOptions(**options)
+        if self.proxy is not None:
+            if self.proxy.options == http and not self.proxy.task.done():
+                return {"ok": True, "port": self.proxy.port}
+            await self.proxy_stop()
+        proxy = ProxyServer(http)
+        try:
+            await proxy.start()
+        except OSError as exc:
+            return {"error": f"HTTP proxy could not start on {self.worker.address}: {exc.strerror or exc}"}
+        except Exception as exc:  # noqa: BLE001
+            return {"error": f"HTTP proxy could not start on {self.worker.address}: {exc!r}"}
+        self.proxy = proxy
+        return {"ok": True, "port": proxy.port}
+
+    async def proxy_stop(self) -> dict:
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None:
+            await proxy.stop()
+        return {"ok": True}
 
     async def mux(self, comm: Any) -> None:
         """Serve multiplexed requests from one caller until its comm closes."""

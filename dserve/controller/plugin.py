@@ -23,10 +23,13 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps as dask_dumps
 
 from ..actors.worker_plugin import PLUGIN_NAME, DServeWorkerPlugin
-from ..schema import ApplicationStatus
+from ..config import HTTPOptions, ProxyLocation
+from ..proxy.http_proxy import ROUTES_KEY
+from ..schema import ApplicationStatus, ProxyStatus
 from ..serialization import loads
 from .application_state import ApplicationSpec, ApplicationState
 from .placement import PlacementLedger
+from .proxy_state import ProxyState
 
 __all__ = ["Controller", "CONTROLLER_NAME"]
 
@@ -60,6 +63,8 @@ class Controller(SchedulerPlugin):
         self._tasks: Set[asyncio.Task] = set()
         self._closing = False
         self.started_at = time.time()
+        self.proxy_state = ProxyState(self, *self._proxy_options(self.options))
+        self._routes: Dict[str, Any] = {"version": 0, "routes": {}}
         for name in dir(self):
             if name.startswith("rpc_"):
                 scheduler.handlers["dserve_" + name[4:]] = getattr(self, name)
@@ -106,6 +111,16 @@ class Controller(SchedulerPlugin):
                 dep.worker_lost(worker)
         self.ledger.forget(worker)
         self.wake()
+
+    @staticmethod
+    def _proxy_options(options: Dict[str, Any]) -> tuple:
+        http = HTTPOptions(**options.get("http_options", {}))
+        return http, ProxyLocation.parse(options.get("proxy_location"))
+
+    def scheduler_host(self) -> str:
+        from distributed.comm import get_address_host
+
+        return get_address_host(self.scheduler.address)
 
     # ---- helpers used by the state objects ----
     def next_version(self) -> int:
@@ -161,6 +176,7 @@ class Controller(SchedulerPlugin):
             if app.reconcile():
                 del self.apps[name]
                 self.notify_change()
+        self.proxy_state.reconcile()
 
     async def _next_tick(self, timeout: float) -> None:
         try:
@@ -172,6 +188,24 @@ class Controller(SchedulerPlugin):
     async def rpc_ping(self) -> Dict[str, Any]:
         await self._ready.wait()
         return {"ok": True, "started_at": self.started_at}
+
+    async def rpc_start(self, options: Dict[str, Any]) -> Dict[str, Any]:
+        """(Re)apply proxy options from serve.start; wait briefly for the proxies."""
+        await self._ready.wait()
+        if "http_options" in options or "proxy_location" in options:
+            merged = {**self.options, **options}
+            http, location = self._proxy_options(merged)
+            if (http, location) != (self.proxy_state.http_options, self.proxy_state.location):
+                await self.proxy_state.stop_all()
+                self.proxy_state = ProxyState(self, http, location)
+            self.options = merged
+        self.reconcile()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(
+            p["status"] == ProxyStatus.STARTING for p in self.proxy_state.proxies.values()
+        ):
+            await self._next_tick(0.5)
+        return {"ok": True, "proxies": self.proxy_state.status()}
 
     async def rpc_deploy(self, spec: bytes) -> Dict[str, Any]:
         """Deploy or update applications; returns at once (see rpc_wait)."""
@@ -235,12 +269,16 @@ class Controller(SchedulerPlugin):
         return {"ok": True, "remaining": [n for n in names if n in self.apps]}
 
     async def rpc_shutdown(self, timeout: float = 60.0) -> Dict[str, Any]:
-        return await self.rpc_delete(list(self.apps), wait=True, timeout=timeout)
+        result = await self.rpc_delete(list(self.apps), wait=True, timeout=timeout)
+        await self.proxy_state.stop_all()
+        self.proxy_state = ProxyState(self, self.proxy_state.http_options, ProxyLocation.Disabled)
+        return result
 
     async def rpc_status(self) -> Dict[str, Any]:
         return {
             "applications": {name: app.status_dict() for name, app in self.apps.items()},
-            "proxies": {},
+            "proxies": {host: p["status"] for host, p in self.proxy_state.status().items()},
+            "proxy_details": self.proxy_state.status(),
         }
 
     async def rpc_app_info(self, name: str) -> Optional[Dict[str, Any]]:
@@ -250,7 +288,19 @@ class Controller(SchedulerPlugin):
         return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
                 "deployments": list(app.deployments)}
 
+    def _route_table(self) -> Dict[str, Any]:
+        table = {
+            app.route_prefix: {"app": name, "ingress": app.ingress}
+            for name, app in self.apps.items()
+            if app.route_prefix and not app.deleting
+        }
+        if table != self._routes["routes"]:
+            self._routes = {"version": self.next_version(), "routes": table}
+        return self._routes
+
     def _snapshot(self, key: str) -> Dict[str, Any]:
+        if key == ROUTES_KEY:
+            return self._route_table()
         app_name, _, dep_name = key.partition("#")
         app = self.apps.get(app_name)
         dep = app.deployments.get(dep_name) if app is not None else None

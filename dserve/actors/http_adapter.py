@@ -1,0 +1,112 @@
+"""Serve one HTTP request inside a replica, producing ASGI messages.
+
+The proxy forwards the ASGI scope and the request body; this module either
+runs the deployment's ASGI app (``@serve.ingress``) or builds a Starlette
+``Request`` for a plain ``__call__(request)`` and turns the return value into
+a response the way Ray Serve does (str/bytes as text, dicts, lists and
+pydantic models as JSON, Starlette responses as they are). Messages are sent
+back in batches: everything the app produced since the last batch, so a
+simple response is one batch and a streaming one arrives as it is produced.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from typing import Any, AsyncIterator, Callable, List
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+__all__ = ["serve_http", "to_response", "HTTP_METHOD"]
+
+HTTP_METHOD = "__dserve_http__"
+
+
+def _json_default(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    if hasattr(obj, "dict"):
+        return obj.dict()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def to_response(value: Any) -> Response:
+    """Ray Serve's conversion of a handler's return value into an HTTP response."""
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, (str, bytes)):
+        return PlainTextResponse(value)
+    body = json.dumps(value, default=_json_default, separators=(",", ":")).encode()
+    return Response(body, media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return PlainTextResponse(f"Unexpected error, traceback: {tb}", status_code=500)
+
+
+async def serve_http(
+    asgi_app: Any, call_user: Callable[[Request], Any], scope: dict, body: bytes
+) -> AsyncIterator[List[dict]]:
+    """Run one request; yield lists of ASGI messages as they become available."""
+    messages: List[dict] = []
+    wake = asyncio.Event()
+    body_sent = False
+    never = asyncio.Event()
+
+    async def receive() -> dict:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await never.wait()  # the proxy cancels us on disconnect
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+        wake.set()
+
+    async def run() -> None:
+        if asgi_app is not None:
+            await asgi_app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            result = call_user(request)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                result = await result
+            response = to_response(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user error becomes a 500
+            from .worker_plugin import logger
+
+            logger.warning("HTTP request failed in user code", exc_info=True)
+            response = error_response(exc)
+        await response(scope, receive, send)
+
+    task = asyncio.ensure_future(run())
+    task.add_done_callback(lambda _t: wake.set())
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            if messages:
+                batch, messages = messages, []
+                yield batch
+            if task.done():
+                if messages:
+                    yield messages
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+                return
+    finally:
+        if not task.done():
+            task.cancel()

@@ -1,0 +1,72 @@
+"""``@serve.ingress(app)``: serve a FastAPI (or any ASGI) app from a deployment.
+
+The decorator records the app on the class. In each replica, after the class
+is constructed, FastAPI routes whose endpoints are methods of the class are
+rebuilt around the replica's bound methods, so ``self`` works in route
+handlers and does not show up as a request parameter.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+__all__ = ["ingress", "prepare_asgi_app", "ASGI_APP_ATTR"]
+
+ASGI_APP_ATTR = "_dserve_asgi_app"
+
+_ROUTE_FIELDS = (
+    "response_model", "status_code", "tags", "dependencies", "summary", "description",
+    "response_description", "responses", "deprecated", "methods", "operation_id",
+    "response_model_include", "response_model_exclude", "response_model_by_alias",
+    "response_model_exclude_unset", "response_model_exclude_defaults", "response_model_exclude_none",
+    "include_in_schema", "response_class", "name", "callbacks", "openapi_extra",
+)
+
+
+def ingress(app: Any) -> Callable[[type], type]:
+    """Wrap a deployment class with an ASGI app (FastAPI or Starlette) for HTTP."""
+    if not callable(app):
+        raise TypeError("@serve.ingress takes an ASGI application (FastAPI, Starlette, ...)")
+
+    def decorate(cls: type) -> type:
+        if not inspect.isclass(cls):
+            raise TypeError("@serve.ingress must decorate a class (put it under @serve.deployment)")
+        setattr(cls, ASGI_APP_ATTR, app)
+        return cls
+
+    return decorate
+
+
+def _class_functions(cls: type) -> dict:
+    out = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if inspect.isfunction(value):
+                out[id(value)] = name
+    return out
+
+
+def prepare_asgi_app(servable: Any) -> Any:
+    """The ASGI app a replica serves, with class-method routes bound to ``servable``."""
+    app = getattr(type(servable), ASGI_APP_ATTR, None)
+    if app is None:
+        return None
+    try:
+        from fastapi.routing import APIRoute, APIWebSocketRoute
+    except ImportError:  # a plain ASGI app
+        return app
+    methods = _class_functions(type(servable))
+    routes = getattr(getattr(app, "router", None), "routes", None)
+    if routes is None:
+        return app
+    for index, route in enumerate(list(routes)):
+        name = methods.get(id(getattr(route, "endpoint", None)))
+        if name is None:
+            continue
+        bound = getattr(servable, name)
+        if isinstance(route, APIRoute):
+            kwargs = {f: getattr(route, f) for f in _ROUTE_FIELDS if hasattr(route, f)}
+            routes[index] = APIRoute(route.path, bound, **kwargs)
+        elif isinstance(route, APIWebSocketRoute):
+            routes[index] = APIWebSocketRoute(route.path, bound, name=route.name)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP ingress: the proxy ASGI app and the uvicorn server it runs in on a worker."""

@@ -1,0 +1,171 @@
+"""The HTTP proxy: routes each request to an application's ingress deployment.
+
+Longest ``route_prefix`` match across applications; ``/-/routes`` and
+``/-/healthz`` built in. The request goes to the ingress replica as its ASGI
+scope and body over the data plane's streaming path, and the replica's ASGI
+messages come back as they are produced (so streamed responses are not
+buffered). Overload answers 503, ``request_timeout_s`` 408, a replica lost
+mid-request 500; a client disconnect cancels the request in the replica.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..actors.http_adapter import HTTP_METHOD
+from ..context import RequestContext
+from ..exceptions import BackPressureError, DeploymentUnavailableError
+
+__all__ = ["HTTPProxy", "ROUTES_KEY"]
+
+logger = logging.getLogger("dserve.proxy")
+
+ROUTES_KEY = "__routes__"
+_SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
+               "headers", "client", "server")
+
+
+async def _send_plain(send: Any, status: int, text: str, headers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:
+    body = text.encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        + (headers or []),
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class HTTPProxy:
+    """ASGI app of one proxy; its route table follows the controller's."""
+
+    def __init__(self, runtime: Any, root_path: str = "", request_timeout_s: Optional[float] = None) -> None:
+        self.runtime = runtime
+        self.root_path = root_path.rstrip("/")
+        self.request_timeout_s = request_timeout_s
+        self.routes: List[Tuple[str, str, str]] = []  # (prefix, app, ingress), longest prefix first
+        self.draining = False
+
+    def update_routes(self, snapshot: Dict[str, Any]) -> None:
+        table = snapshot.get("routes", {})
+        self.routes = sorted(
+            ((prefix, v["app"], v["ingress"]) for prefix, v in table.items()),
+            key=lambda r: len(r[0]), reverse=True,
+        )
+
+    def match(self, path: str) -> Optional[Tuple[str, str, str]]:
+        for route in self.routes:
+            prefix = route[0]
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return route
+        return None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            return
+        path = scope["path"]
+        if self.root_path and path.startswith(self.root_path):
+            path = path[len(self.root_path):] or "/"
+        if kind == "http":
+            if path == "/-/routes":
+                body = json.dumps({p: app for p, app, _ in self.routes}).encode()
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            if path == "/-/healthz":
+                if self.draining:
+                    await _send_plain(send, 503, "This node is being drained.")
+                else:
+                    await _send_plain(send, 200, "success")
+                return
+        route = self.match(path)
+        if route is None:
+            if kind == "http":
+                await _send_plain(send, 404, f"Path '{path}' not found. Ping http://.../-/routes for available routes.")
+            else:
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        if kind == "http":
+            await self._forward_http(scope, receive, send, route)
+        else:
+            from .websocket import forward_websocket
+
+            await forward_websocket(self, scope, receive, send, route)
+
+    def request_context(self, scope: dict, route: Tuple[str, str, str]) -> RequestContext:
+        request_id = model_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif name == b"serve_multiplexed_model_id":
+                model_id = value.decode("latin-1")
+        return RequestContext(request_id or uuid.uuid4().hex, route[0], route[1], model_id)
+
+    def forwarded_scope(self, scope: dict, route: Tuple[str, str, str]) -> dict:
+        out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
+        prefix = route[0]
+        out["root_path"] = self.root_path + (prefix if prefix != "/" else "")  # Starlette strips it
+        return out
+
+    async def _forward_http(self, scope: dict, receive: Any, send: Any, route: Tuple[str, str, str]) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        ctx = self.request_context(scope, route)
+        rid_header = (b"x-request-id", ctx.request_id.encode())
+        router = self.runtime.router(route[1], route[2])
+        started = False
+        disconnected = False
+
+        async def pump() -> None:
+            nonlocal started
+            async for batch in router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx):
+                for message in batch:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message.get("headers", ()), rid_header]
+                        started = True
+                    await send(message)
+
+        task = asyncio.ensure_future(pump())
+
+        def on_receive(watch: asyncio.Future) -> None:
+            nonlocal disconnected
+            if not watch.cancelled() and watch.exception() is None and watch.result()["type"] == "http.disconnect":
+                disconnected = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_receive)
+        try:
+            if self.request_timeout_s:
+                await asyncio.wait_for(task, self.request_timeout_s)
+            else:
+                await task
+        except asyncio.TimeoutError:
+            if not started:
+                await _send_plain(send, 408, f"Request {ctx.request_id} timed out after {self.request_timeout_s}s.", [rid_header])
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            logger.info("client disconnected; request %s cancelled", ctx.request_id)
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            if not started:
+                await _send_plain(send, 503, str(exc), [rid_header])
+        except Exception as exc:  # noqa: BLE001 - never leave the client hanging
+            if not started:
+                await _send_plain(send, 500, f"{type(exc).__name__}: {exc}", [rid_header])
+            else:
+                logger.warning("request %s failed after its response started: %r", ctx.request_id, exc)
+        finally:
+            watcher.cancel()
