@@ -20,6 +20,7 @@ from .exceptions import (
     RayServeException,
     RequestCancelledError,
 )
+from .ingress import ingress
 from .handle import (
     DeploymentHandle,
     DeploymentResponse,
@@ -58,6 +59,7 @@ __all__ = [
     "get_deployment_handle",
     "get_replica_context",
     "handle",
+    "ingress",
     "run",
     "schema",
     "shutdown",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Optional
 
 import dask
@@ -80,5 +81,11 @@ def start_embedded_cluster() -> Any:
     finally:
         if quiet and saved is None:
             os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+    deadline = time.monotonic() + 120
+    while len(cluster.scheduler.workers) < n_workers:  # subprocess workers connect on their own
+        if time.monotonic() > deadline:
+            cluster.close()
+            raise TimeoutError(f"the embedded cluster's {n_workers} workers did not connect within 120s")
+        time.sleep(0.02)
     logger.info("dserve started an embedded Dask cluster at %s", cluster.scheduler_address)
     return cluster

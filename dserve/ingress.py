@@ -7,8 +7,11 @@ handlers and does not show up as a request parameter.
 """
 from __future__ import annotations
 
+import copyreg
 import inspect
 from typing import Any, Callable
+
+from starlette.datastructures import State
 
 __all__ = ["ingress", "prepare_asgi_app", "ASGI_APP_ATTR"]
 
@@ -21,6 +24,16 @@ _ROUTE_FIELDS = (
     "response_model_exclude_unset", "response_model_exclude_defaults", "response_model_exclude_none",
     "include_in_schema", "response_class", "name", "callbacks", "openapi_extra",
 )
+
+
+def _reduce_state(state: State) -> tuple:
+    return State, (dict(state._state),)
+
+
+# Starlette's State recurses forever when unpickled attribute by attribute; an
+# app (with its .state) ships inside the deployment class, so teach pickle a
+# plain constructor call for it.
+copyreg.pickle(State, _reduce_state)
 
 
 def ingress(app: Any) -> Callable[[type], type]:

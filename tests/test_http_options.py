@@ -1,0 +1,58 @@
+"""HTTPOptions: request timeout, root_path, an occupied port."""
+import asyncio
+import socket
+
+import httpx
+
+import dserve as serve
+from dserve.api import _sync
+from dserve.runtime import current_runtime
+from conftest import free_port, wait_for
+
+
+def proxy_details():
+    return _sync(current_runtime(), current_runtime().rpc("dserve_status"))["proxy_details"]
+
+
+@serve.deployment
+class Sleepy:
+    async def __call__(self, request):
+        await asyncio.sleep(float(request.query_params.get("s", "0")))
+        return "awake"
+
+
+def test_request_timeout_is_408(serve_instance):
+    port = free_port()
+    serve.start(http_options={"port": port, "request_timeout_s": 0.5})
+    serve.run(Sleepy.bind(), name="sleepy", route_prefix="/sleepy")
+    r = httpx.get(f"http://127.0.0.1:{port}/sleepy", params={"s": 3}, timeout=10)
+    assert r.status_code == 408
+    assert httpx.get(f"http://127.0.0.1:{port}/sleepy", timeout=10).text == "awake"
+
+
+def test_root_path(serve_instance):
+    port = free_port()
+    serve.start(http_options={"port": port, "root_path": "/base"})
+    serve.run(Sleepy.bind(), name="sleepy", route_prefix="/sleepy")
+    assert httpx.get(f"http://127.0.0.1:{port}/base/sleepy", timeout=10).text == "awake"
+
+
+def test_port_in_use_gives_a_status_message_not_a_dead_worker(serve_instance):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    busy = blocker.getsockname()[1]
+    try:
+        serve.start(http_options={"port": busy})
+        details = wait_for(lambda: [d for d in proxy_details().values() if d["status"] == "UNHEALTHY"],
+                           what="an unhealthy proxy")
+        assert "already in use" in details[0]["message"]
+        # the worker still hosts replicas
+        h = serve.run(Sleepy.bind(), name="sleepy2", route_prefix="/s2")
+        assert serve.status().applications["sleepy2"].status == "RUNNING"
+    finally:
+        blocker.close()
+    port = free_port()
+    serve.start(http_options={"port": port})
+    assert list(serve.status().proxies.values()) == ["HEALTHY"]
+    assert httpx.get(f"http://127.0.0.1:{port}/s2", timeout=10).text == "awake"
