@@ -1,0 +1,47 @@
+"""The applications benchmarks deploy, written once for both Ray Serve and dserve."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
+    if kind == "noop":
+        @serve.deployment(num_replicas=replicas, **options)
+        class Noop:
+            async def __call__(self, request: Any = None) -> str:
+                return "ok"
+
+        return Noop.bind()
+    if kind == "compose":
+        @serve.deployment(num_replicas=replicas, **options)
+        class Inner:
+            async def __call__(self) -> str:
+                return "ok"
+
+        @serve.deployment(**options)
+        class Outer:
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            async def __call__(self, request: Any = None) -> str:
+                return await self.inner.remote()
+
+        return Outer.bind(Inner.bind())
+    if kind == "stream":
+        from starlette.responses import StreamingResponse
+
+        @serve.deployment(**options)
+        class Stream:
+            async def __call__(self, request: Any = None) -> Any:
+                async def gen():
+                    for i in range(10):
+                        yield f"{i}\n"
+                return StreamingResponse(gen(), media_type="text/plain")
+
+            async def chunks(self, n: int):
+                for i in range(n):
+                    yield i
+
+        return Stream.bind()
+    raise ValueError(kind)

@@ -1,0 +1,200 @@
+"""Run the benchmark scenarios on each available system, interleaved, and report.
+
+    python -m benchmarks                       # dserve and the bare-uvicorn baseline
+    python -m benchmarks --systems dserve,ray,bare --rounds 3 --seconds 5
+
+Each measurement prints one JSON line; a table of medians and ratios follows.
+Loads are bounded in time and sent only to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, List
+
+import httpx
+
+from .loadgen import generator_name, http_load
+from .systems import SYSTEMS, wait_http
+
+RESULTS: List[Dict[str, Any]] = []
+
+
+def emit(system: str, scenario: str, **fields: Any) -> None:
+    row = {"system": system, "scenario": scenario, **fields}
+    RESULTS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def scenario_http_noop(sys_: Any, seconds: float, replicas: int, connections: int, **opts: Any) -> None:
+    url = sys_.deploy("noop", replicas, **opts)
+    if url is None:
+        return
+    wait_http(url)
+    http_load(url, connections, 1)  # warm-up
+    result = http_load(url, connections, seconds)
+    emit(sys_.name, f"http_noop r{replicas} c{connections}{_tag(opts)}", **result)
+
+
+def scenario_http_compose(sys_: Any, seconds: float, connections: int = 16, **opts: Any) -> None:
+    if sys_.name == "bare":
+        return
+    url = sys_.deploy("compose", 1, **opts)
+    wait_http(url)
+    http_load(url, connections, 1)
+    emit(sys_.name, f"http_compose c{connections}{_tag(opts)}", **http_load(url, connections, seconds))
+
+
+def scenario_handle(sys_: Any, seconds: float, **opts: Any) -> None:
+    if sys_.name == "bare":
+        return
+    sys_.deploy("noop", 1, **opts)
+    handle = sys_.handle("noop")
+    handle.remote().result()
+    lat = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        handle.remote().result()
+        lat.append(time.perf_counter() - t)
+    emit(sys_.name, f"handle c1{_tag(opts)}", calls_per_s=len(lat) / seconds, p50_ms=statistics.median(lat) * 1000)
+
+    async def many(inflight: int) -> Dict[str, float]:
+        lat2: list = []
+        stop = time.monotonic() + seconds
+
+        async def worker() -> None:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                await handle.remote()
+                lat2.append(time.perf_counter() - t0)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*[worker() for _ in range(inflight)])
+        return {"calls_per_s": len(lat2) / (time.monotonic() - t0), "p50_ms": statistics.median(lat2) * 1000}
+
+    emit(sys_.name, f"handle c100{_tag(opts)}", **asyncio.run(many(100)))
+
+
+def scenario_stream(sys_: Any, seconds: float, **opts: Any) -> None:
+    if sys_.name == "bare":
+        return
+    url = sys_.deploy("stream", 1, **opts)
+    wait_http(url)
+    ttfb = []
+    with httpx.Client(timeout=10) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t = time.perf_counter()
+            with client.stream("GET", url) as r:
+                for i, _ in enumerate(r.iter_raw()):
+                    if i == 0:
+                        ttfb.append(time.perf_counter() - t)
+    emit(sys_.name, "stream_http", ttfb_p50_ms=statistics.median(ttfb) * 1000)
+    handle = sys_.handle("stream").options(stream=True, method_name="chunks")
+    first, chunks, t0 = [], 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        t = time.perf_counter()
+        for i, _ in enumerate(handle.remote(100)):
+            if i == 0:
+                first.append(time.perf_counter() - t)
+            chunks += 1
+    emit(sys_.name, "stream_handle", chunks_per_s=chunks / (time.monotonic() - t0),
+         first_chunk_p50_ms=statistics.median(first) * 1000)
+
+
+def scenario_memory(sys_: Any, seconds: float) -> None:
+    import psutil
+
+    sys_.deploy("noop", 1)
+    time.sleep(1)
+    rss = 0
+    pids = sys_.pids()
+    for pid in pids:
+        try:
+            rss += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    emit(sys_.name, "idle_memory", rss_mib=rss / 2**20, processes=len(pids))
+
+
+def _tag(opts: Dict[str, Any]) -> str:
+    return "".join(f" {k}={v}" for k, v in sorted(opts.items()))
+
+
+def table() -> None:
+    by: Dict[tuple, List[Dict[str, Any]]] = {}
+    for row in RESULTS:
+        by.setdefault((row["scenario"], row["system"]), []).append(row)
+    scenarios = sorted({s for s, _ in by}, key=lambda s: [r["scenario"] for r in RESULTS].index(s))
+    print(f"\n{'scenario':34} {'system':8} {'metric':18} {'median':>10} {'vs bare':>8} {'vs ray':>8}")
+    for scenario in scenarios:
+        for (s, system), rows in by.items():
+            if s != scenario:
+                continue
+            for metric in [k for k in rows[0] if k not in ("system", "scenario")]:
+                value = statistics.median(r[metric] for r in rows)
+                ratios = []
+                for other in ("bare", "ray"):
+                    peer = by.get((scenario, other)) or by.get((scenario.split(" max_ongoing")[0], other))
+                    if peer and other != system and metric in peer[0]:
+                        base = statistics.median(r[metric] for r in peer)
+                        ratios.append(f"{value / base:.2f}x" if base else "-")
+                    else:
+                        ratios.append("")
+                print(f"{scenario:34} {system:8} {metric:18} {value:10.2f} {ratios[0]:>8} {ratios[1]:>8}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", default="dserve,bare,ray")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--scenarios", default="http,compose,handle,stream,memory")
+    args = parser.parse_args()
+    wanted = args.scenarios.split(",")
+    systems = []
+    for name in args.systems.split(","):
+        sys_ = SYSTEMS[name]()
+        if not sys_.available:
+            print(json.dumps({"system": name, "skipped": sys_.note}), flush=True)
+            continue
+        systems.append(sys_)
+    print(json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                   "python": platform.python_version(), "load_generator": generator_name()}}))
+    plan: List[Callable[[Any], None]] = []
+    s = args.seconds
+    if "http" in wanted:
+        for replicas in (1, 2):
+            for conns in (16, 64):
+                plan.append(lambda x, r=replicas, c=conns: scenario_http_noop(x, s, r, c))
+    if "compose" in wanted:
+        plan.append(lambda x: scenario_http_compose(x, s))
+    if "handle" in wanted:
+        plan.append(lambda x: scenario_handle(x, s))
+    if "stream" in wanted:
+        plan.append(lambda x: scenario_stream(x, s))
+    # systems run one at a time (they share 2 cores); scenarios interleave A B A B across rounds
+    for _ in range(args.rounds):
+        for sys_ in systems:
+            sys_.start()
+            if getattr(sys_, "cluster_start_s", None) is not None:
+                emit(sys_.name, "cluster_start", seconds=sys_.cluster_start_s)
+            for step in plan:
+                step(sys_)
+            if sys_.name == "ray" and "http" in wanted:  # Ray Serve at its best setting too
+                for conns in (16, 64):
+                    scenario_http_noop(sys_, s, 1, conns, max_ongoing_requests=256)
+            if "memory" in wanted:
+                scenario_memory(sys_, s)
+            sys_.stop()
+    table()
+
+
+if __name__ == "__main__":
+    main()

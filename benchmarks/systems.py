@@ -1,0 +1,154 @@
+"""The systems under test, each able to serve a no-op HTTP endpoint and handle calls.
+
+``bare``: uvicorn + Starlette in a subprocess (the HTTP limit of this stack).
+``dserve``: the embedded cluster, one no-op deployment behind the proxy.
+``ray``: Ray Serve, when ``ray[serve]`` is installed (``pip install -e ".[bench]"``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import httpx
+
+__all__ = ["SYSTEMS", "free_port", "wait_http"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> float:
+    """Seconds until ``url`` answers 200."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.01)
+    raise TimeoutError(url)
+
+
+class Bare:
+    name = "bare"
+    available = True
+    note = ""
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "bare_app.py"), str(self.port)])
+        wait_http(self.url(""))
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def deploy(self, kind: str, replicas: int = 1, **options: Any) -> Optional[str]:
+        return self.url("") if kind == "noop" else None
+
+    def handle(self, kind: str) -> Optional[Any]:
+        return None
+
+    def pids(self) -> list:
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class DServe:
+    name = "dserve"
+    available = True
+    note = ""
+
+    def start(self) -> None:
+        import dserve as serve
+
+        from . import apps
+
+        self.serve = serve
+        self.apps = apps
+        self.port = free_port()
+        t0 = time.monotonic()
+        serve.start(http_options={"port": self.port})
+        self.cluster_start_s = time.monotonic() - t0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def deploy(self, kind: str, replicas: int = 1, **options: Any) -> Optional[str]:
+        app = self.apps.build(self.serve, kind, replicas, **options)
+        self.serve.run(app, name="bench", route_prefix="/")
+        return self.url("")
+
+    def handle(self, kind: str) -> Any:
+        return self.serve.get_app_handle("bench")
+
+    def pids(self) -> list:
+        import psutil
+
+        me = psutil.Process()
+        return [me.pid] + [c.pid for c in me.children(recursive=True)]
+
+    def stop(self) -> None:
+        self.serve.shutdown()
+
+
+class Ray:
+    name = "ray"
+
+    def __init__(self) -> None:
+        try:
+            import ray  # noqa: F401
+            from ray import serve  # noqa: F401
+
+            self.available, self.note = True, ""
+        except ImportError:
+            self.available, self.note = False, 'ray[serve] is not installed (pip install -e ".[bench]")'
+
+    def start(self) -> None:
+        import ray
+        from ray import serve
+
+        from . import apps
+
+        self.serve, self.apps = serve, apps
+        self.port = free_port()
+        t0 = time.monotonic()
+        ray.init(include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"port": self.port})
+        self.cluster_start_s = time.monotonic() - t0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def deploy(self, kind: str, replicas: int = 1, **options: Any) -> Optional[str]:
+        app = self.apps.build(self.serve, kind, replicas, **options)
+        self.serve.run(app, name="bench", route_prefix="/")
+        return self.url("")
+
+    def handle(self, kind: str) -> Any:
+        return self.serve.get_app_handle("bench")
+
+    def pids(self) -> list:
+        import psutil
+
+        me = psutil.Process()
+        return [me.pid] + [c.pid for c in me.children(recursive=True)]
+
+    def stop(self) -> None:
+        import ray
+
+        self.serve.shutdown()
+        ray.shutdown()
+
+
+SYSTEMS: dict[str, Callable[[], Any]] = {"bare": Bare, "dserve": DServe, "ray": Ray}
