@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import uuid
+import secrets
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from .context import RequestContext, get_request_context
@@ -248,7 +248,7 @@ class DeploymentHandle:
     def _context(self) -> RequestContext:
         parent = get_request_context()
         return RequestContext(
-            request_id=parent.request_id or uuid.uuid4().hex,
+            request_id=parent.request_id or secrets.token_hex(16),
             route=parent.route,
             app_name=self._app_name,
             multiplexed_model_id=self._multiplexed_model_id,

@@ -14,6 +14,7 @@ import cloudpickle
 
 from .actors.replica import ReplicaActor
 from .actors.worker_plugin import _serve_stream, _serve_unary
+from .routing.mux import Channel
 from .deployment import Application, build_application
 from .exceptions import DeploymentFailedError
 from .serialization import dumps_code
@@ -45,14 +46,14 @@ class LocalConnection:
         self.replica = replica
         self.closed = False
         self._ids = itertools.count()
-        self._pending: Dict[int, Union[asyncio.Future, asyncio.Queue]] = {}
+        self._pending: Dict[int, Union[asyncio.Future, Channel]] = {}
         self._tasks: Dict[int, asyncio.Task] = {}
 
     def send(self, msg: dict) -> None:  # replies from the serve functions
         target = self._pending.get(msg["i"])
         if target is None:
             return
-        if isinstance(target, asyncio.Queue):
+        if isinstance(target, Channel):
             if "c" not in msg:
                 self._pending.pop(msg["i"], None)
             target.put_nowait(msg)
@@ -74,7 +75,7 @@ class LocalConnection:
         return i, fut
 
     async def stream(self, key: str, method: str, payload: bytes, ctx: dict) -> tuple:
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = Channel()
         i = self._start({"i": next(self._ids), "m": method, "p": payload, "c": ctx}, queue, _serve_stream)
         return i, queue
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import traceback
 from typing import Any, AsyncIterator, Callable, List
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 __all__ = ["serve_http", "to_response", "HTTP_METHOD"]
 
 HTTP_METHOD = "__dserve_http__"
+
+logger = logging.getLogger("dserve.replica")
 
 
 def _json_default(obj: Any) -> Any:
@@ -46,6 +49,19 @@ def to_response(value: Any) -> Response:
     return Response(body, media_type="application/json")
 
 
+async def _call_plain(call_user: Callable[[Request], Any], request: Request) -> Response:
+    try:
+        result = call_user(request)
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        return to_response(result)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user error becomes a 500
+        logger.warning("HTTP request failed in user code", exc_info=True)
+        return error_response(exc)
+
+
 def error_response(exc: BaseException) -> Response:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return PlainTextResponse(f"Unexpected error, traceback: {tb}", status_code=500)
@@ -56,47 +72,44 @@ async def serve_http(
 ) -> AsyncIterator[List[dict]]:
     """Run one request; yield lists of ASGI messages as they become available."""
     messages: List[dict] = []
-    wake = asyncio.Event()
+    wake: List[asyncio.Event] = []  # set up only for streaming responses
     body_sent = False
-    never = asyncio.Event()
 
     async def receive() -> dict:
         nonlocal body_sent
         if not body_sent:
             body_sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await never.wait()  # the proxy cancels us on disconnect
+        await asyncio.get_running_loop().create_future()  # until the proxy cancels us
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
         messages.append(message)
-        wake.set()
+        if wake:
+            wake[0].set()
+
+    response = None
+    if asgi_app is None:
+        response = await _call_plain(call_user, Request(scope, receive))
+        if not isinstance(response, StreamingResponse):  # complete: one batch, no extra task
+            await response(scope, receive, send)
+            yield messages
+            return
 
     async def run() -> None:
-        if asgi_app is not None:
+        if response is not None:
+            await response(scope, receive, send)
+        else:
             await asgi_app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            result = call_user(request)
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                result = await result
-            response = to_response(result)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - user error becomes a 500
-            from .worker_plugin import logger
 
-            logger.warning("HTTP request failed in user code", exc_info=True)
-            response = error_response(exc)
-        await response(scope, receive, send)
-
+    event = asyncio.Event()
+    wake.append(event)
     task = asyncio.ensure_future(run())
-    task.add_done_callback(lambda _t: wake.set())
+    task.add_done_callback(lambda _t: event.set())
     try:
         while True:
-            await wake.wait()
-            wake.clear()
+            await event.wait()
+            event.clear()
             if messages:
                 batch, messages = messages, []
                 yield batch

@@ -16,7 +16,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..event_loop import set_process_worker
 from ..serialization import dumps, pack_exception
-from ..wire import MUX_OP, Coalescer
+from ..wire import MUX_OP, Coalescer, decode
 
 __all__ = ["DServeWorkerPlugin", "PLUGIN_NAME"]
 
@@ -77,7 +77,7 @@ class DServeWorkerPlugin(WorkerPlugin):
         actors = self.worker.state.actors
         try:
             while True:
-                batch = await comm.read()
+                batch = decode(await comm.read())
                 for msg in batch:
                     i = msg["i"]
                     if "x" in msg:

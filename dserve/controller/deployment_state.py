@@ -214,7 +214,9 @@ class DeploymentState:
         per_worker, per_host = self._counts()
         workers = self.controller.placeable_workers()
         max_per_host = self.spec.config.max_replicas_per_node
-        ws = self.controller.ledger.choose(workers, demand, per_worker, per_host, max_per_host)
+        ws = self.controller.ledger.choose(
+            workers, demand, per_worker, per_host, max_per_host, frozenset(self.controller.proxy_state.proxies)
+        )
         if ws is None:
             reason = self.controller.ledger.why_not(workers, demand, max_per_host, per_host)
             self.message = f"Deployment '{self.name}' has replicas that cannot be placed yet: {reason}."

@@ -55,8 +55,13 @@ class PlacementLedger:
         per_worker: Dict[str, int],
         per_host: Dict[str, int],
         max_per_host: Optional[int],
+        busy: frozenset = frozenset(),
     ) -> Optional[Any]:
-        """The best worker for one more replica, or None when none fits."""
+        """The best worker for one more replica, or None when none fits.
+
+        Spread first (fewest replicas of this deployment per worker, then per
+        host), then the least loaded, counting a proxy on a ``busy`` worker as
+        one CPU in use."""
         best, best_key = None, None
         for ws in workers:
             if max_per_host is not None and per_host.get(ws.host, 0) >= max_per_host:
@@ -64,7 +69,8 @@ class PlacementLedger:
             if not self.fits(ws, demand):
                 continue
             used_cpu = self.used.get(ws.address, {}).get("CPU", 0.0)
-            key = (per_worker.get(ws.address, 0), per_host.get(ws.host, 0), used_cpu / max(ws.nthreads, 1), ws.address)
+            load = (used_cpu + (1.0 if ws.address in busy else 0.0)) / max(ws.nthreads, 1)
+            key = (per_worker.get(ws.address, 0), per_host.get(ws.host, 0), load, ws.address)
             if best_key is None or key < best_key:
                 best, best_key = ws, key
         return best

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
+import secrets
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..actors.http_adapter import HTTP_METHOD
@@ -24,6 +24,7 @@ __all__ = ["HTTPProxy", "ROUTES_KEY"]
 logger = logging.getLogger("dserve.proxy")
 
 ROUTES_KEY = "__routes__"
+DISCONNECT_WATCH_AFTER_S = 0.05
 _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
                "headers", "client", "server")
 
@@ -104,7 +105,7 @@ class HTTPProxy:
                 request_id = value.decode("latin-1")
             elif name == b"serve_multiplexed_model_id":
                 model_id = value.decode("latin-1")
-        return RequestContext(request_id or uuid.uuid4().hex, route[0], route[1], model_id)
+        return RequestContext(request_id or secrets.token_hex(16), route[0], route[1], model_id)
 
     def forwarded_scope(self, scope: dict, route: Tuple[str, str, str]) -> dict:
         out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
@@ -121,51 +122,63 @@ class HTTPProxy:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        body = b"".join(chunks)
+        body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         ctx = self.request_context(scope, route)
         rid_header = (b"x-request-id", ctx.request_id.encode())
-        router = self.runtime.router(route[1], route[2])
-        started = False
-        disconnected = False
-
-        async def pump() -> None:
-            nonlocal started
-            async for batch in router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx):
-                for message in batch:
-                    if message["type"] == "http.response.start":
-                        message["headers"] = [*message.get("headers", ()), rid_header]
-                        started = True
-                    await send(message)
-
-        task = asyncio.ensure_future(pump())
+        state = {"started": False, "disconnected": False}
+        task = asyncio.current_task()
 
         def on_receive(watch: asyncio.Future) -> None:
-            nonlocal disconnected
             if not watch.cancelled() and watch.exception() is None and watch.result()["type"] == "http.disconnect":
-                disconnected = True
+                state["disconnected"] = True
                 task.cancel()
 
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_receive)
+        watchers: List[asyncio.Future] = []
+
+        def watch_disconnect() -> None:  # only requests still running after a moment pay for this
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(on_receive)
+            watchers.append(watcher)
+
+        timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, watch_disconnect)
         try:
+            forward = self._relay(scope, body, send, route, ctx, rid_header, state)
             if self.request_timeout_s:
-                await asyncio.wait_for(task, self.request_timeout_s)
+                await asyncio.wait_for(forward, self.request_timeout_s)
             else:
-                await task
+                await forward
         except asyncio.TimeoutError:
-            if not started:
+            if not state["started"]:
                 await _send_plain(send, 408, f"Request {ctx.request_id} timed out after {self.request_timeout_s}s.", [rid_header])
         except asyncio.CancelledError:
-            if not disconnected:
+            if not state["disconnected"]:
                 raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
             logger.info("client disconnected; request %s cancelled", ctx.request_id)
         except (BackPressureError, DeploymentUnavailableError) as exc:
-            if not started:
+            if not state["started"]:
                 await _send_plain(send, 503, str(exc), [rid_header])
         except Exception as exc:  # noqa: BLE001 - never leave the client hanging
-            if not started:
+            if not state["started"]:
                 await _send_plain(send, 500, f"{type(exc).__name__}: {exc}", [rid_header])
             else:
                 logger.warning("request %s failed after its response started: %r", ctx.request_id, exc)
         finally:
-            watcher.cancel()
+            timer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+
+    async def _relay(self, scope: dict, body: bytes, send: Any, route: Tuple[str, str, str],
+                     ctx: RequestContext, rid_header: tuple, state: dict) -> None:
+        router = self.runtime.router(route[1], route[2])
+        stream = router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx)
+        try:
+            async for batch in stream:
+                for message in batch:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message.get("headers", ()), rid_header]
+                        state["started"] = True
+                    await send(message)
+        finally:
+            await stream.aclose()

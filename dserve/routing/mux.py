@@ -7,15 +7,41 @@ drops, every request still waiting on it fails with ``ActorDiedError``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from typing import Any, Dict, Optional, Union
 
 from distributed.comm import connect
 
 from ..exceptions import ActorDiedError
-from ..wire import MUX_OP, Coalescer
+from ..wire import MUX_OP, Coalescer, decode
 
-__all__ = ["MuxConnection", "StreamEnd"]
+__all__ = ["MuxConnection", "StreamEnd", "Channel"]
+
+
+class Channel:
+    """A minimal single-consumer queue (cheaper than ``asyncio.Queue`` per request)."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: collections.deque = collections.deque()
+        self.waiter: Optional[asyncio.Future] = None
+
+    def put_nowait(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
 
 class StreamEnd:
@@ -33,7 +59,7 @@ class MuxConnection:
     def __init__(self, address: str) -> None:
         self.address = address
         self._ids = itertools.count()
-        self._pending: Dict[int, Union[asyncio.Future, asyncio.Queue]] = {}
+        self._pending: Dict[int, Union[asyncio.Future, Channel]] = {}
         self._comm: Any = None
         self._out: Optional[Coalescer] = None
         self._connecting: Optional[asyncio.Future] = None
@@ -65,13 +91,13 @@ class MuxConnection:
         error: BaseException = ActorDiedError(f"connection to replica worker {self.address} closed")
         try:
             while True:
-                batch = await comm.read()
+                batch = decode(await comm.read())
                 pending = self._pending
                 for msg in batch:
                     target = pending.get(msg["i"])
                     if target is None:
                         continue
-                    if isinstance(target, asyncio.Queue):
+                    if isinstance(target, Channel):
                         if "c" in msg:
                             target.put_nowait(msg)
                             continue
@@ -91,7 +117,7 @@ class MuxConnection:
                 self._out = None
             pending, self._pending = self._pending, {}
             for target in pending.values():
-                if isinstance(target, asyncio.Queue):
+                if isinstance(target, Channel):
                     target.put_nowait(StreamEnd(error))
                 elif not target.done():
                     target.set_exception(error)
@@ -105,11 +131,11 @@ class MuxConnection:
         self._out.send({"i": i, "k": key, "m": method, "p": payload, "c": ctx})
         return i, fut
 
-    async def stream(self, key: str, method: str, payload: bytes, ctx: dict) -> tuple[int, asyncio.Queue]:
-        """Send a streaming request; items (then the end message) arrive on the queue."""
+    async def stream(self, key: str, method: str, payload: bytes, ctx: dict) -> tuple[int, Channel]:
+        """Send a streaming request; items (then the end message) arrive on the channel."""
         await self._ensure()
         i = next(self._ids)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = Channel()
         self._pending[i] = queue
         self._out.send({"i": i, "k": key, "m": method, "p": payload, "c": ctx, "s": 1})
         return i, queue

@@ -209,10 +209,19 @@ class Router:
             self.drop(slot)
 
 
+_response_type: Any = None
+
+
 async def _resolve_responses(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Replace DeploymentResponse arguments by their results (chained calls)."""
-    from ..handle import DeploymentResponse
+    global _response_type
+    if _response_type is None:
+        from ..handle import DeploymentResponse
 
+        _response_type = DeploymentResponse
+    DeploymentResponse = _response_type
+    if not args and not kwargs:
+        return args, kwargs
     if any(isinstance(a, DeploymentResponse) for a in args):
         args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
     if any(isinstance(v, DeploymentResponse) for v in kwargs.values()):
