@@ -85,6 +85,9 @@ class DServe:
         return f"http://127.0.0.1:{self.port}/{path}"
 
     def deploy(self, kind: str, replicas: int = 1, **options: Any) -> Optional[str]:
+        # a fresh app per scenario (delete first) so placement is the same every run
+        if "bench" in self.serve.status().applications:
+            self.serve.delete("bench")
         app = self.apps.build(self.serve, kind, replicas, **options)
         self.serve.run(app, name="bench", route_prefix="/")
         return self.url("")
@@ -131,6 +134,9 @@ class Ray:
         return f"http://127.0.0.1:{self.port}/{path}"
 
     def deploy(self, kind: str, replicas: int = 1, **options: Any) -> Optional[str]:
+        # a fresh app per scenario (delete first) so placement is the same every run
+        if "bench" in self.serve.status().applications:
+            self.serve.delete("bench")
         app = self.apps.build(self.serve, kind, replicas, **options)
         self.serve.run(app, name="bench", route_prefix="/")
         return self.url("")

@@ -7,6 +7,7 @@ held in a ``contextvars.ContextVar`` so concurrent requests do not mix.
 from __future__ import annotations
 
 import contextvars
+import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,6 +18,7 @@ __all__ = [
     "RequestContext",
     "get_replica_context",
     "get_request_context",
+    "new_request_id",
 ]
 
 
@@ -83,3 +85,11 @@ def get_replica_context() -> ReplicaContext:
 def get_request_context() -> RequestContext:
     """The context of the request being served (empty outside a request)."""
     return _request_context.get()
+
+
+_random_bits = random.getrandbits
+
+
+def new_request_id() -> str:
+    """A random 128-bit request id (no syscall: ids need not be secret)."""
+    return "%032x" % _random_bits(128)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import secrets
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
-from .context import RequestContext, get_request_context
+from .context import RequestContext, get_request_context, new_request_id
 from .event_loop import in_loop_thread
 from .exceptions import RequestCancelledError
 
@@ -248,7 +247,7 @@ class DeploymentHandle:
     def _context(self) -> RequestContext:
         parent = get_request_context()
         return RequestContext(
-            request_id=parent.request_id or secrets.token_hex(16),
+            request_id=parent.request_id or new_request_id(),
             route=parent.route,
             app_name=self._app_name,
             multiplexed_model_id=self._multiplexed_model_id,

@@ -38,6 +38,8 @@ class Runtime:
         self.connections: Dict[str, Any] = {}
         self._listener: Optional[asyncio.Task] = None
         self.closed = False
+        self._worker = worker_or_none()
+        self.local_address = self._worker.address if self._worker is not None else None
 
     # ---- control plane ----
     async def _get_pool(self) -> Any:
@@ -62,6 +64,15 @@ class Runtime:
                 conn = MuxConnection(address)
             self.connections[address] = conn
         return conn
+
+    def local_replica(self, slot: Any) -> Any:
+        """The replica object behind ``slot`` when it lives in this process."""
+        if slot.address != self.local_address:
+            return None
+        replica = self._worker.state.actors.get(slot.key)
+        if replica is None or not getattr(replica, "accepting", False):
+            return None
+        return replica
 
     def router(self, app: str, deployment: str) -> Router:
         """The router for a deployment (created on first use; loop thread only)."""

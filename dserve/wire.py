@@ -10,7 +10,7 @@ worker -> caller:  {"i": id, "r": payload}           unary result
                    {"i": id, "e": packed exception}  user (or replica) error
                    {"i": id, "g": reason}            replica not here: retry elsewhere
                    {"i": id, "c": payload}           one stream item
-                   {"i": id, "d": 1}                 stream finished
+                   {"i": id, "d": 1}                 stream finished (may ride on the last "c")
 """
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def encode(batch: List[dict]) -> bytes:
 
 def decode(data: bytes) -> List[dict]:
     return msgpack.unpackb(data, raw=False)
+
+
+class LastItem:
+    """Yielded by a replica-side generator for its final item, so the item and
+    the end of the stream travel as one message."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 class Coalescer:

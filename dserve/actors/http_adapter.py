@@ -17,6 +17,8 @@ import traceback
 from typing import Any, AsyncIterator, Callable, List
 
 from starlette.requests import Request
+
+from ..wire import LastItem
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 __all__ = ["serve_http", "to_response", "HTTP_METHOD"]
@@ -93,7 +95,7 @@ async def serve_http(
         response = await _call_plain(call_user, Request(scope, receive))
         if not isinstance(response, StreamingResponse):  # complete: one batch, no extra task
             await response(scope, receive, send)
-            yield messages
+            yield LastItem(messages)
             return
 
     async def run() -> None:

@@ -234,6 +234,11 @@ class ReplicaActor:
 
     async def call(self, method: str, payload: bytes, ctx: Optional[dict]) -> Any:
         """Run one unary request (called in its own task by the mux handler)."""
+        args, kwargs = loads(payload)
+        return await self.call_args(method, args, kwargs, ctx)
+
+    async def call_args(self, method: str, args: tuple, kwargs: dict, ctx: Optional[dict]) -> Any:
+        """Run one unary request with arguments already deserialized."""
         fn, kind = self._method(method)
         if kind in (_GEN, _ASYNC_GEN):
             raise TypeError(
@@ -243,7 +248,6 @@ class ReplicaActor:
         self._enter(ctx)
         try:
             async with self._sem:
-                args, kwargs = loads(payload)
                 if kind == _ASYNC:
                     return await fn(*args, **kwargs)
                 result = await self._run_sync(functools.partial(fn, *args, **kwargs))
@@ -253,8 +257,13 @@ class ReplicaActor:
         finally:
             self._exit()
 
-    async def stream(self, method: str, payload: bytes, ctx: Optional[dict]) -> AsyncIterator[Any]:
+    def stream(self, method: str, payload: bytes, ctx: Optional[dict]) -> AsyncIterator[Any]:
         """Run one streaming request, yielding the generator's items."""
+        args, kwargs = loads(payload)
+        return self.stream_args(method, args, kwargs, ctx)
+
+    async def stream_args(self, method: str, args: tuple, kwargs: dict, ctx: Optional[dict]) -> AsyncIterator[Any]:
+        """Run one streaming request with arguments already deserialized."""
         fn, kind = self._method(method)
         if kind not in (_GEN, _ASYNC_GEN):
             raise TypeError(
@@ -264,7 +273,6 @@ class ReplicaActor:
         self._enter(ctx)
         try:
             async with self._sem:
-                args, kwargs = loads(payload)
                 if kind == _ASYNC_GEN:
                     agen = fn(*args, **kwargs)
                     try:

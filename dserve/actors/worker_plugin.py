@@ -16,7 +16,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..event_loop import set_process_worker
 from ..serialization import dumps, pack_exception
-from ..wire import MUX_OP, Coalescer, decode
+from ..wire import MUX_OP, Coalescer, LastItem, decode
 
 __all__ = ["DServeWorkerPlugin", "PLUGIN_NAME"]
 
@@ -115,8 +115,13 @@ async def _serve_unary(replica: Any, msg: dict, out: Coalescer) -> None:
 
 async def _serve_stream(replica: Any, msg: dict, out: Coalescer) -> None:
     i = msg["i"]
+    items = None
     try:
-        async for item in replica.stream(msg["m"], msg["p"], msg.get("c")):
+        items = replica.stream(msg["m"], msg["p"], msg.get("c"))
+        async for item in items:
+            if isinstance(item, LastItem):  # the generator knows it is done: one message
+                out.send({"i": i, "c": dumps(item.value), "d": 1})
+                return
             out.send({"i": i, "c": dumps(item)})
         out.send({"i": i, "d": 1})
     except asyncio.CancelledError:
@@ -124,6 +129,9 @@ async def _serve_stream(replica: Any, msg: dict, out: Coalescer) -> None:
     except BaseException as exc:  # noqa: BLE001
         logger.warning("stream from %s failed: %r", replica.replica_id, exc, exc_info=_is_user_error(exc))
         out.send({"i": i, "e": pack_exception(exc)})
+    finally:
+        if items is not None:
+            await items.aclose()
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -69,7 +69,7 @@ class PlacementLedger:
             if not self.fits(ws, demand):
                 continue
             used_cpu = self.used.get(ws.address, {}).get("CPU", 0.0)
-            load = (used_cpu + (1.0 if ws.address in busy else 0.0)) / max(ws.nthreads, 1)
+            load = (used_cpu - (1.0 if ws.address in busy else 0.0)) / max(ws.nthreads, 1)
             key = (per_worker.get(ws.address, 0), per_host.get(ws.host, 0), load, ws.address)
             if best_key is None or key < best_key:
                 best, best_key = ws, key

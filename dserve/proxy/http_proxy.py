@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..actors.http_adapter import HTTP_METHOD
-from ..context import RequestContext
+from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 
 __all__ = ["HTTPProxy", "ROUTES_KEY"]
@@ -105,7 +104,7 @@ class HTTPProxy:
                 request_id = value.decode("latin-1")
             elif name == b"serve_multiplexed_model_id":
                 model_id = value.decode("latin-1")
-        return RequestContext(request_id or secrets.token_hex(16), route[0], route[1], model_id)
+        return RequestContext(request_id or new_request_id(), route[0], route[1], model_id)
 
     def forwarded_scope(self, scope: dict, route: Tuple[str, str, str]) -> dict:
         out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
@@ -172,7 +171,7 @@ class HTTPProxy:
     async def _relay(self, scope: dict, body: bytes, send: Any, route: Tuple[str, str, str],
                      ctx: RequestContext, rid_header: tuple, state: dict) -> None:
         router = self.runtime.router(route[1], route[2])
-        stream = router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx)
+        stream = router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx, copy=False)
         try:
             async for batch in stream:
                 for message in batch:

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional
 from ..context import RequestContext
 from ..exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ..serialization import dumps, loads, unpack_exception
+from ..wire import LastItem
 from .mux import StreamEnd
 
 __all__ = ["Router", "ReplicaSlot"]
@@ -150,13 +151,24 @@ class Router:
         return len(self.waiters)
 
     # ---- calls ----
-    async def call(self, method: str, args: tuple, kwargs: dict, ctx: RequestContext) -> Any:
-        args, kwargs = await _resolve_responses(args, kwargs)
-        payload = dumps((args, kwargs))
+    async def call(self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True) -> Any:
+        """One unary call. ``copy=False`` lets a replica in this very process
+        take the arguments as they are (the proxy's freshly built requests)."""
+        if _has_responses(args, kwargs):
+            args, kwargs = await _resolve_responses(args, kwargs)
+        payload = None
         wire_ctx = ctx.to_wire()
         while True:
             slot = await self.assign(ctx.multiplexed_model_id)
             try:
+                replica = self.runtime.local_replica(slot)
+                if replica is not None:  # same process: no socket, no mux
+                    if copy:
+                        payload = payload or dumps((args, kwargs))
+                        result = await replica.call(method, payload, wire_ctx)
+                        return loads(dumps(result))
+                    return await replica.call_args(method, args, kwargs, wire_ctx)
+                payload = payload or dumps((args, kwargs))
                 conn = self.runtime.connection(slot.address)
                 i, fut = await conn.request(slot.key, method, payload, wire_ctx)
                 try:
@@ -172,13 +184,34 @@ class Router:
                 raise unpack_exception(msg["e"])
             self.drop(slot)  # "g": that replica is gone; try another
 
-    async def stream(self, method: str, args: tuple, kwargs: dict, ctx: RequestContext) -> AsyncIterator[Any]:
-        args, kwargs = await _resolve_responses(args, kwargs)
-        payload = dumps((args, kwargs))
+    async def stream(
+        self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True
+    ) -> AsyncIterator[Any]:
+        """One streaming call; items are yielded as the replica produces them."""
+        if _has_responses(args, kwargs):
+            args, kwargs = await _resolve_responses(args, kwargs)
+        payload = None
         wire_ctx = ctx.to_wire()
         while True:
             slot = await self.assign(ctx.multiplexed_model_id)
             try:
+                replica = self.runtime.local_replica(slot)
+                if replica is not None:
+                    if copy:
+                        payload = payload or dumps((args, kwargs))
+                        items = replica.stream(method, payload, wire_ctx)
+                    else:
+                        items = replica.stream_args(method, args, kwargs, wire_ctx)
+                    try:  # close explicitly: finalizer hooks cost a syscall and hold the slot
+                        async for item in items:
+                            if isinstance(item, LastItem):
+                                yield item.value if not copy else loads(dumps(item.value))
+                                return
+                            yield loads(dumps(item)) if copy else item
+                    finally:
+                        await items.aclose()
+                    return
+                payload = payload or dumps((args, kwargs))
                 conn = self.runtime.connection(slot.address)
                 i, queue = await conn.stream(slot.key, method, payload, wire_ctx)
                 first = True
@@ -192,7 +225,8 @@ class Router:
                         if "c" in msg:
                             first = False
                             yield loads(msg["c"])
-                            continue
+                            if "d" not in msg:
+                                continue
                         finished = True
                         if "d" in msg:
                             return
@@ -212,16 +246,20 @@ class Router:
 _response_type: Any = None
 
 
-async def _resolve_responses(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Replace DeploymentResponse arguments by their results (chained calls)."""
+def _has_responses(args: tuple, kwargs: dict) -> bool:
     global _response_type
     if _response_type is None:
         from ..handle import DeploymentResponse
 
         _response_type = DeploymentResponse
+    return any(isinstance(a, _response_type) for a in args) or any(
+        isinstance(v, _response_type) for v in kwargs.values()
+    )
+
+
+async def _resolve_responses(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Replace DeploymentResponse arguments by their results (chained calls)."""
     DeploymentResponse = _response_type
-    if not args and not kwargs:
-        return args, kwargs
     if any(isinstance(a, DeploymentResponse) for a in args):
         args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
     if any(isinstance(v, DeploymentResponse) for v in kwargs.values()):
