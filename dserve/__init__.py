@@ -20,7 +20,9 @@ from .exceptions import (
     RayServeException,
     RequestCancelledError,
 )
+from .batching import batch
 from .ingress import ingress
+from .multiplex import get_multiplexed_model_id, multiplexed
 from .handle import (
     DeploymentHandle,
     DeploymentResponse,
@@ -48,6 +50,7 @@ __all__ = [
     "RayServeSyncHandle",
     "ReplicaContext",
     "RequestCancelledError",
+    "batch",
     "config",
     "context",
     "dask_setup",
@@ -57,9 +60,11 @@ __all__ = [
     "gRPCOptions",
     "get_app_handle",
     "get_deployment_handle",
+    "get_multiplexed_model_id",
     "get_replica_context",
     "handle",
     "ingress",
+    "multiplexed",
     "run",
     "schema",
     "shutdown",

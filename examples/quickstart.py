@@ -16,7 +16,9 @@ class Greeter:
     def __init__(self, doubler):
         self.doubler = doubler  # a DeploymentHandle to Doubler
 
-    async def __call__(self, name: str) -> str:
+    async def __call__(self, name) -> str:
+        if not isinstance(name, str):  # an HTTP request
+            name = name.query_params.get("name", "world")
         twice = await self.doubler.remote(len(name))
         return f"Hello, {name}! (twice your name's length is {twice})"
 
@@ -24,7 +26,11 @@ class Greeter:
 app = Greeter.bind(Doubler.bind())
 
 if __name__ == "__main__":
+    import httpx
+
+    serve.start(http_options={"port": 8000})
     handle = serve.run(app)  # starts an embedded Dask cluster: nothing else to set up
-    print(handle.remote("dask").result())
-    print(serve.status().applications["default"].status.value)
+    print("handle:", handle.remote("dask").result())
+    print("http:  ", httpx.get("http://127.0.0.1:8000/", params={"name": "ray"}).text)
+    print("status:", serve.status().applications["default"].status.value)
     serve.shutdown()

@@ -31,6 +31,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def proxy_details() -> dict:
+    """The controller's view of the proxies: host -> {status, message, worker, port}."""
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime
+
+    runtime = current_runtime()
+    return _sync(runtime, runtime.rpc("dserve_status"))["proxy_details"]
+
+
+def proxy_url() -> str:
+    port = next(iter(proxy_details().values()))["port"]
+    return f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def serve_instance():
     """dserve on an embedded cluster, shared by the tests of one module."""

@@ -13,19 +13,14 @@ from starlette.routing import Route
 
 import dserve as serve
 from dserve.context import get_request_context
-from conftest import wait_for
+from conftest import proxy_url, wait_for
 
 
 @pytest.fixture(scope="module")
 def http(serve_instance):
     proxies = serve.status().proxies
     assert list(proxies.values()) == ["HEALTHY"]
-    from dserve.runtime import current_runtime
-    from dserve.api import _sync
-
-    details = _sync(current_runtime(), current_runtime().rpc("dserve_status"))["proxy_details"]
-    port = next(iter(details.values()))["port"]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with httpx.Client(base_url=proxy_url(), timeout=30) as client:
         yield client
 
 

@@ -5,13 +5,7 @@ import socket
 import httpx
 
 import dserve as serve
-from dserve.api import _sync
-from dserve.runtime import current_runtime
-from conftest import free_port, wait_for
-
-
-def proxy_details():
-    return _sync(current_runtime(), current_runtime().rpc("dserve_status"))["proxy_details"]
+from conftest import free_port, proxy_details, wait_for
 
 
 @serve.deployment

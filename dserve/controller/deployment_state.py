@@ -58,6 +58,7 @@ class ReplicaRecord:
     health_failures: int = 0
     last_health: float = field(default_factory=time.monotonic)
     busy: bool = False  # a control call (reconfigure / health check) is running
+    models: List[str] = field(default_factory=list)  # multiplexed model ids it holds
 
 
 class DeploymentState:
@@ -131,7 +132,8 @@ class DeploymentState:
             "exists": True,
             "max_queued": self.spec.config.max_queued_requests,
             "replicas": [
-                {"id": r.replica_id, "address": r.worker, "key": r.key, "max_ongoing": self.spec.config.max_ongoing_requests}
+                {"id": r.replica_id, "address": r.worker, "key": r.key,
+                 "max_ongoing": self.spec.config.max_ongoing_requests, "models": r.models}
                 for r in self.running()
             ],
         }
@@ -368,6 +370,15 @@ class DeploymentState:
             r.last_health = time.monotonic()
             r.busy = False
             self.controller.wake()
+
+    def report_models(self, replica_id: str, model_ids: List[str]) -> bool:
+        r = self.replicas.get(replica_id)
+        if r is None or r.models == model_ids:
+            return False
+        r.models = list(model_ids)
+        if r.state == ReplicaState.RUNNING:
+            self.publish()
+        return True
 
     # ---- status ----
     def replica_states(self) -> Dict[str, int]:

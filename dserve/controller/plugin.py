@@ -288,6 +288,13 @@ class Controller(SchedulerPlugin):
         return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
                 "deployments": list(app.deployments)}
 
+    async def rpc_report_models(self, replica_id: str, model_ids: List[str]) -> bool:
+        """A replica's multiplexed models changed (routers prefer replicas holding a model)."""
+        app_name, dep_name, _ = replica_id.split("#", 2)
+        app = self.apps.get(app_name)
+        dep = app.deployments.get(dep_name) if app is not None else None
+        return dep.report_models(replica_id, model_ids) if dep is not None else False
+
     def _route_table(self) -> Dict[str, Any]:
         table = {
             app.route_prefix: {"app": name, "ingress": app.ingress}
