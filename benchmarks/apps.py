@@ -44,4 +44,23 @@ def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
                     yield i
 
         return Stream.bind()
+    if kind in ("batched", "unbatched"):
+        import time
+
+        # a model whose call costs 2 ms plus 0.1 ms per item, and blocks (like real inference)
+        if kind == "batched":
+            @serve.deployment(max_ongoing_requests=64, **options)
+            class Model:
+                @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+                async def __call__(self, items: list) -> list:
+                    time.sleep(0.002 + 0.0001 * len(items))
+                    return items
+        else:
+            @serve.deployment(max_ongoing_requests=64, **options)
+            class Model:
+                async def __call__(self, item: Any) -> Any:
+                    time.sleep(0.0021)
+                    return item
+
+        return Model.bind()
     raise ValueError(kind)

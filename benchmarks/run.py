@@ -108,6 +108,31 @@ def scenario_stream(sys_: Any, seconds: float, **opts: Any) -> None:
          first_chunk_p50_ms=statistics.median(first) * 1000)
 
 
+def scenario_batching(sys_: Any, seconds: float) -> None:
+    if sys_.name == "bare":
+        return
+    for kind in ("unbatched", "batched"):
+        sys_.deploy(kind, 1)
+        handle = sys_.handle(kind)
+        handle.remote(0).result()
+
+        async def drive() -> float:
+            done = 0
+            stop = time.monotonic() + seconds
+
+            async def caller() -> None:
+                nonlocal done
+                while time.monotonic() < stop:
+                    await handle.remote(1)
+                    done += 1
+
+            t0 = time.monotonic()
+            await asyncio.gather(*[caller() for _ in range(64)])
+            return done / (time.monotonic() - t0)
+
+        emit(sys_.name, f"{kind} c64", calls_per_s=asyncio.run(drive()))
+
+
 def scenario_memory(sys_: Any, seconds: float) -> None:
     import psutil
 
@@ -155,7 +180,7 @@ def main() -> None:
     parser.add_argument("--systems", default="dserve,bare,ray")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="http,compose,handle,stream,memory")
+    parser.add_argument("--scenarios", default="http,compose,handle,stream,batch,memory")
     args = parser.parse_args()
     wanted = args.scenarios.split(",")
     systems = []
@@ -179,6 +204,8 @@ def main() -> None:
         plan.append(lambda x: scenario_handle(x, s))
     if "stream" in wanted:
         plan.append(lambda x: scenario_stream(x, s))
+    if "batch" in wanted:
+        plan.append(lambda x: scenario_batching(x, s))
     # systems run one at a time (they share 2 cores); scenarios interleave A B A B across rounds
     for _ in range(args.rounds):
         for sys_ in systems:
