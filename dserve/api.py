@@ -7,26 +7,23 @@ methods the REST API and the CLI use). The process keeps one ``Runtime``
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from typing import Any, Dict, Optional, Union
 
-import cloudpickle
 from distributed.protocol.pickle import dumps as dask_dumps
 
 from . import cluster as _cluster
 from .config import HTTPOptions, ProxyLocation, gRPCOptions
 from .controller import CONTROLLER_NAME, Controller
-from .controller.application_state import ApplicationSpec
-from .controller.deployment_state import DeploymentSpec
-from .deployment import _UNSET, Application, build_application
+from .build import application_spec
+from .deployment import _UNSET, Application
 from .event_loop import home_loop, in_loop_thread, worker_or_none
 from .exceptions import DeploymentFailedError, RayServeException
 from .handle import DeploymentHandle
 from .runtime import Runtime, current_runtime, get_runtime, set_runtime
 from .schema import ServeStatus
-from .serialization import dumps, dumps_code
+from .serialization import dumps
 
 __all__ = [
     "start", "run", "delete", "status", "shutdown", "get_app_handle", "get_deployment_handle",
@@ -119,17 +116,6 @@ def start(
     _connect(address, _options(http_options, grpc_options, proxy_location))
 
 
-def _spec(app: Application, name: str, route_prefix: Any) -> ApplicationSpec:
-    built = build_application(app, name, route_prefix)
-    deployments = []
-    for bd in built.deployments:
-        code = dumps_code(bd.deployment.func_or_class)
-        init = cloudpickle.dumps((bd.args, bd.kwargs))
-        version = hashlib.sha1(code + b"\0" + init).hexdigest()[:16]
-        deployments.append(DeploymentSpec(bd.name, code, init, bd.deployment.config, version, bd.is_ingress))
-    return ApplicationSpec(built.name, built.route_prefix, built.ingress, deployments)
-
-
 def deploy_specs(runtime: Runtime, specs: list) -> None:
     """Send application specs to the controller; raise on a rejected deploy."""
     result = _sync(runtime, runtime.rpc("dserve_deploy", spec=dumps(specs)))
@@ -172,7 +158,7 @@ def run(
         from .local_testing import run_local
 
         return run_local(target, name, route_prefix)
-    spec = _spec(target, name, route_prefix)
+    spec = application_spec(target, name, route_prefix)
     runtime = _connect(address)
     deploy_specs(runtime, [spec])
     wait_for_application(runtime, name)

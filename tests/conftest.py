@@ -5,9 +5,13 @@ import socket
 import time
 from typing import Callable
 
+import dask
 import pytest
 
 import dserve as serve
+
+# tests never assume fixed ports: the REST API of every embedded cluster picks a free one
+dask.config.set({"dserve.rest-port": 0})
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:

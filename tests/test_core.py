@@ -272,9 +272,10 @@ def test_unplaceable_replica_explains_missing_resource(clean):
             return 1
 
     from dserve import api
+    from dserve.build import application_spec
     from dserve.runtime import get_runtime
 
-    spec = api._spec(NeedsGPU.bind(), "gpu", "/gpu")
+    spec = application_spec(NeedsGPU.bind(), "gpu", "/gpu")
     api.deploy_specs(get_runtime(), [spec])
     status = wait_for(lambda: serve.status().applications.get("gpu"), what="app status")
     assert status.status == "DEPLOYING"

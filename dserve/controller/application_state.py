@@ -33,6 +33,7 @@ class ApplicationState:
         self.deployments: Dict[str, DeploymentState] = {}
         self.deploying = True
         self.deleting = False
+        self.building = False  # being built from an import path
         self.failed_message = ""
         self.last_deployed_time_s = time.time()
         self.apply(spec)
@@ -79,7 +80,7 @@ class ApplicationState:
             if dep.deleting and not dep.replicas:
                 del self.deployments[name]
                 self.controller.notify_change()
-        if self.deploying and self.deployments and all(
+        if self.deploying and not self.building and self.deployments and all(
             d.status == DeploymentStatus.HEALTHY for d in self.deployments.values() if not d.deleting
         ) and not any(d.deleting for d in self.deployments.values()):
             self.deploying = False
@@ -94,7 +95,7 @@ class ApplicationState:
         statuses = [d.status for d in self.deployments.values() if not d.deleting]
         if any(s == DeploymentStatus.DEPLOY_FAILED for s in statuses):
             return ApplicationStatus.DEPLOY_FAILED
-        if self.deploying:
+        if self.deploying or self.building:
             return ApplicationStatus.DEPLOYING
         if any(s == DeploymentStatus.UNHEALTHY for s in statuses):
             return ApplicationStatus.UNHEALTHY
@@ -107,6 +108,8 @@ class ApplicationState:
         for dep in self.deployments.values():
             if dep.status == DeploymentStatus.DEPLOY_FAILED:
                 return f"Deploying deployment '{dep.name}' failed:\n{dep.message}"
+        if self.building:
+            return "Building the application from its import path."
         if self.deploying:
             waiting = [d.message for d in self.deployments.values() if d.message]
             return "\n".join(waiting)

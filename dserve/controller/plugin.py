@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from typing import Any, Dict, List, Optional, Set
 
@@ -28,6 +29,7 @@ from ..proxy.http_proxy import ROUTES_KEY
 from ..schema import ApplicationStatus, ProxyStatus
 from ..serialization import loads
 from .application_state import ApplicationSpec, ApplicationState
+from .declarative import MULTI_APP, DeclarativeDeployer
 from .placement import PlacementLedger
 from .proxy_state import ProxyState
 
@@ -65,6 +67,8 @@ class Controller(SchedulerPlugin):
         self.started_at = time.time()
         self.proxy_state = ProxyState(self, *self._proxy_options(self.options))
         self._routes: Dict[str, Any] = {"version": 0, "routes": {}}
+        self.declarative = DeclarativeDeployer(self)
+        self.applied_envs: Set[str] = set()
         for name in dir(self):
             if name.startswith("rpc_"):
                 scheduler.handlers["dserve_" + name[4:]] = getattr(self, name)
@@ -80,13 +84,40 @@ class Controller(SchedulerPlugin):
         )
         self._ready.set()
         self._loop_task = asyncio.ensure_future(self._reconcile_loop())
+        await self._start_rest()
         logger.info("dserve controller ready on %s", self.scheduler.address)
+
+    async def _start_rest(self) -> None:
+        """The REST admin API on the scheduler's loop; a busy port is logged, not fatal."""
+        import dask
+
+        from ..rest import create_app
+        from ..uvicorn_server import EmbeddedServer, config
+
+        port = self.options.get("rest_port", dask.config.get("dserve.rest-port", 52365))
+        self.rest_server = None
+        self.rest_port: Optional[int] = None
+        if port is None or int(port) < 0:
+            return
+        host = self.options.get("rest_host", dask.config.get("dserve.rest-host", "127.0.0.1"))
+        token = self.options.get("rest_token") or dask.config.get("dserve.rest-token", None) or os.environ.get(
+            "DSERVE_REST_TOKEN")
+        server = EmbeddedServer(config(create_app(self, token)))
+        try:
+            await server.start_serving(host, int(port))
+        except OSError as exc:
+            logger.warning("dserve REST API not started on %s:%s: %s", host, port, exc)
+            return
+        self.rest_server, self.rest_port = server, server.port
+        logger.info("dserve REST API on http://%s:%s", host, server.port)
 
     async def before_close(self) -> None:
         self._closing = True
 
     async def close(self) -> None:
         self._closing = True
+        if getattr(self, "rest_server", None) is not None:
+            await self.rest_server.stop()
         for task in [getattr(self, "_loop_task", None), getattr(self, "_boot_task", None), *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -134,10 +165,11 @@ class Controller(SchedulerPlugin):
         if hasattr(self, "_wake"):
             self._wake.set()
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -189,7 +221,7 @@ class Controller(SchedulerPlugin):
         await self._ready.wait()
         return {"ok": True, "started_at": self.started_at}
 
-    async def rpc_start(self, options: Dict[str, Any]) -> Dict[str, Any]:
+    async def rpc_start(self, options: Dict[str, Any], wait: bool = True) -> Dict[str, Any]:
         """(Re)apply proxy options from serve.start; wait briefly for the proxies."""
         await self._ready.wait()
         if "http_options" in options or "proxy_location" in options:
@@ -200,12 +232,17 @@ class Controller(SchedulerPlugin):
                 self.proxy_state = ProxyState(self, http, location)
             self.options = merged
         self.reconcile()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + (15 if wait else 0)
         while time.monotonic() < deadline and any(
             p["status"] == ProxyStatus.STARTING for p in self.proxy_state.proxies.values()
         ):
             await self._next_tick(0.5)
         return {"ok": True, "proxies": self.proxy_state.status()}
+
+    async def rpc_deploy_config(self, config: Dict[str, Any], mode: str = MULTI_APP) -> Dict[str, Any]:
+        """Declarative deploy of a whole config (see ``declarative``)."""
+        await self._ready.wait()
+        return await self.declarative.deploy(config, mode)
 
     async def rpc_deploy(self, spec: bytes) -> Dict[str, Any]:
         """Deploy or update applications; returns at once (see rpc_wait)."""
@@ -279,6 +316,7 @@ class Controller(SchedulerPlugin):
             "applications": {name: app.status_dict() for name, app in self.apps.items()},
             "proxies": {host: p["status"] for host, p in self.proxy_state.status().items()},
             "proxy_details": self.proxy_state.status(),
+            "rest_port": getattr(self, "rest_port", None),
         }
 
     async def rpc_app_info(self, name: str) -> Optional[Dict[str, Any]]:
@@ -299,7 +337,7 @@ class Controller(SchedulerPlugin):
         table = {
             app.route_prefix: {"app": name, "ingress": app.ingress}
             for name, app in self.apps.items()
-            if app.route_prefix and not app.deleting
+            if app.route_prefix and app.ingress and not app.deleting
         }
         if table != self._routes["routes"]:
             self._routes = {"version": self.next_version(), "routes": table}

@@ -1,0 +1,123 @@
+"""Declarative deploys: a whole config (REST PUT, ``dserve deploy``) at once.
+
+Applications not in the config are deleted; an application whose config is
+unchanged is left alone; a new or changed one is built from its import path
+in a task on a Dask worker (after its runtime_env is applied) and then
+updated in place: new code rolls, a new ``user_config`` reconfigures, counts
+scale. A failed build leaves that application DEPLOY_FAILED with the
+traceback, while every other application keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from pydantic import ValidationError
+
+from ..schema import ServeApplicationSchema, ServeDeploySchema
+from ..serialization import loads
+from .application_state import ApplicationSpec, ApplicationState
+
+if TYPE_CHECKING:
+    from .plugin import Controller
+
+__all__ = ["DeclarativeDeployer", "MULTI_APP", "SINGLE_APP"]
+
+logger = logging.getLogger("dserve.controller")
+
+MULTI_APP, SINGLE_APP = "MULTI_APP", "SINGLE_APP"
+
+
+def validation_errors(exc: ValidationError) -> List[Dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+
+
+class DeclarativeDeployer:
+    def __init__(self, controller: "Controller") -> None:
+        self.controller = controller
+        self.mode: Optional[str] = None
+        self.config: Optional[Dict[str, Any]] = None  # the last config deployed
+        self._builds: Dict[str, Any] = {}  # app name -> build task
+
+    async def deploy(self, config: Dict[str, Any], mode: str = MULTI_APP) -> Dict[str, Any]:
+        """Validate and apply a config; returns at once (builds run in the background)."""
+        try:
+            if mode == SINGLE_APP:
+                app = ServeApplicationSchema.model_validate(config)
+                schema = ServeDeploySchema(applications=[app])
+            else:
+                schema = ServeDeploySchema.model_validate(config)
+        except ValidationError as exc:
+            return {"error": f"invalid config: {exc}", "errors": validation_errors(exc)}
+        if not self.controller.apps:
+            self.mode = None
+        if self.mode is not None and self.mode != mode:
+            return {"error": f"dserve is running {self.mode.lower().replace('_', '-')} applications; "
+                             f"a {mode.lower().replace('_', '-')} config cannot be deployed until they are deleted"}
+        self.mode = mode
+        self.config = config
+        await self.controller.rpc_start({
+            "http_options": schema.http_options.model_dump(),
+            "proxy_location": schema.proxy_location,
+        }, wait=False)
+        wanted = {a.name for a in schema.applications}
+        for name, app in list(self.controller.apps.items()):
+            if name not in wanted:
+                app.delete()
+        for app_schema in schema.applications:
+            self._apply(app_schema)
+        self.controller.notify_change()
+        self.controller.wake()
+        return {"ok": True}
+
+    def _apply(self, schema: ServeApplicationSchema) -> None:
+        config = schema.model_dump(mode="json")
+        app = self.controller.apps.get(schema.name)
+        if app is not None and not app.deleting and app.spec.source.get("full_config") == config:
+            return  # unchanged: untouched
+        if app is None or app.deleting:
+            placeholder = ApplicationSpec(schema.name, schema.route_prefix, "", [], {"full_config": None})
+            if app is None:
+                app = self.controller.apps[schema.name] = ApplicationState(self.controller, placeholder)
+            else:
+                app.apply(placeholder)
+        app.building = True
+        app.deploying = True
+        app.failed_message = ""
+        previous = self._builds.pop(schema.name, None)
+        if previous is not None:
+            previous.cancel()
+        task = self.controller.spawn(self._build(schema, config))
+        self._builds[schema.name] = task
+
+    async def _build(self, schema: ServeApplicationSchema, config: Dict[str, Any]) -> None:
+        from ..build import build_from_config
+        from .runtime_env import apply_runtime_env
+
+        error: Optional[str] = None
+        spec: Optional[ApplicationSpec] = None
+        try:
+            await apply_runtime_env(self.controller, schema.runtime_env)
+            future = self.controller.client.submit(
+                build_from_config, schema.model_dump(mode="json", exclude_unset=True), pure=False
+            )
+            result = await future
+            if "error" in result:
+                error = result["error"]
+            else:
+                spec = loads(result["spec"])
+        except Exception as exc:  # noqa: BLE001
+            error = f"{type(exc).__name__}: {exc}"
+        app = self.controller.apps.get(schema.name)
+        self._builds.pop(schema.name, None)
+        if app is None or app.deleting:
+            return
+        app.building = False
+        if error is not None:
+            logger.warning("building application %r failed:\n%s", schema.name, error)
+            app.fail(f"Deploying application {schema.name!r} failed:\n{error}")
+        else:
+            spec.source["full_config"] = config
+            app.apply(spec)
+        self.controller.notify_change()
+        self.controller.wake()

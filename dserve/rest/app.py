@@ -1,0 +1,101 @@
+"""Starlette app of the REST admin API, given the controller it fronts.
+
+V2 (multi-app): ``PUT/GET/DELETE /api/serve/applications/``.
+V1 (single-app): ``PUT/GET/DELETE /api/serve/deployments/`` and
+``GET /api/serve/deployments/status``. Bad JSON or an invalid config is a 400
+with the validation errors; with a token configured, every request without
+``Authorization: Bearer <token>`` is a 401.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Optional
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["create_app"]
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body() or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadRequest({"error": f"request body is not valid JSON: {exc}"}) from None
+
+
+class _BadRequest(Exception):
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+
+def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
+    from ..controller.declarative import MULTI_APP, SINGLE_APP
+    from ..controller.details import instance_details, v1_status
+
+    async def deploy(request: Request, mode: str) -> Response:
+        try:
+            config = await _json_body(request)
+        except _BadRequest as exc:
+            return JSONResponse(exc.body, status_code=400)
+        if not isinstance(config, dict):
+            return JSONResponse({"error": "the request body must be a JSON object"}, status_code=400)
+        result = await controller.rpc_deploy_config(config, mode)
+        if "error" in result:
+            return JSONResponse(result, status_code=400)
+        return Response(status_code=200)
+
+    async def put_applications(request: Request) -> Response:
+        return await deploy(request, MULTI_APP)
+
+    async def get_applications(request: Request) -> Response:
+        return JSONResponse(instance_details(controller))
+
+    async def delete_all(request: Request) -> Response:
+        await controller.rpc_shutdown()
+        controller.declarative.config = None
+        return Response(status_code=200)
+
+    async def put_deployments(request: Request) -> Response:
+        return await deploy(request, SINGLE_APP)
+
+    async def get_deployments(request: Request) -> Response:
+        declarative = controller.declarative
+        config = declarative.config if declarative.mode == SINGLE_APP else None
+        return JSONResponse(config or {})
+
+    async def get_status(request: Request) -> Response:
+        return JSONResponse(v1_status(controller))
+
+    async def version(request: Request) -> Response:
+        from .. import __version__
+
+        return JSONResponse({"version": "1", "dserve_version": __version__})
+
+    routes = []
+    for path in ("/api/serve/applications/", "/api/serve/applications"):
+        routes += [Route(path, put_applications, methods=["PUT"]), Route(path, get_applications, methods=["GET"]),
+                   Route(path, delete_all, methods=["DELETE"])]
+    for path in ("/api/serve/deployments/", "/api/serve/deployments"):
+        routes += [Route(path, put_deployments, methods=["PUT"]), Route(path, get_deployments, methods=["GET"]),
+                   Route(path, delete_all, methods=["DELETE"])]
+    routes += [Route("/api/serve/deployments/status", get_status, methods=["GET"]),
+               Route("/api/version", version, methods=["GET"])]
+    app = Starlette(routes=routes)
+    if token:
+        inner = app
+        expected = f"Bearer {token}".encode()
+
+        async def with_auth(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                given = dict(scope["headers"]).get(b"authorization", b"")
+                if not hmac.compare_digest(given, expected):
+                    await JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)(scope, receive, send)
+                    return
+            await inner(scope, receive, send)
+
+        return with_auth  # type: ignore[return-value]
+    return app
