@@ -78,6 +78,8 @@ __all__ = [
 @click.option("--dserve-http-port", default=None, type=int, help="Port of the HTTP proxies (default 8000).")
 @click.option("--dserve-proxy-location", default=None, help="EveryNode (default), HeadOnly or Disabled.")
 @click.option("--dserve-rest-port", default=None, type=int, help="Port of the REST admin API (default 52365).")
+@click.option("--dserve-rest-host", default=None, help="Host the REST admin API binds (default 127.0.0.1).")
+@click.option("--dserve-rest-token", default=None, help="Bearer token the REST admin API requires.")
 @click.option("--dserve-state-path", default=None, help="File the controller checkpoints its goal state to.")
 def dask_setup(
     scheduler: Any,
@@ -85,6 +87,8 @@ def dask_setup(
     dserve_http_port: Any,
     dserve_proxy_location: Any,
     dserve_rest_port: Any,
+    dserve_rest_host: Any,
+    dserve_rest_token: Any,
     dserve_state_path: Any,
 ) -> None:
     """Preload entry point: ``dask scheduler --preload dserve [--dserve-* options]``."""
@@ -98,6 +102,10 @@ def dask_setup(
         options["proxy_location"] = ProxyLocation.parse(dserve_proxy_location).value
     if dserve_rest_port is not None:
         options["rest_port"] = dserve_rest_port
+    if dserve_rest_host:
+        options["rest_host"] = dserve_rest_host
+    if dserve_rest_token:
+        options["rest_token"] = dserve_rest_token
     if dserve_state_path:
         options["state_path"] = dserve_state_path
     scheduler.add_plugin(Controller(options))

@@ -94,7 +94,8 @@ def test_import_error_fails_only_that_app(rest):
     message = rest.get("/api/serve/applications/").json()["applications"]["broken"]["message"]
     assert "this_module_does_not_exist" in message and "Traceback" in message
     wait_for(lambda: app_status(rest, "a") == "RUNNING", timeout=60, what="app a RUNNING")
-    assert httpx.get(f"{proxy_url()}/a").status_code == 200
+    r = httpx.get(f"{proxy_url()}/a")
+    assert r.status_code == 200, (r.status_code, r.text)
     rest.delete("/api/serve/applications/")
 
 

@@ -34,6 +34,7 @@ class DServeWorkerPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         self.worker = worker
         self.proxy: Any = None
+        self.proxy_lock = asyncio.Lock()  # starts and stops never overlap
         set_process_worker(worker)
         worker.handlers[MUX_OP] = self.mux
         worker.handlers["dserve_proxy_start"] = self.proxy_start
@@ -46,6 +47,10 @@ class DServeWorkerPlugin(WorkerPlugin):
 
     async def proxy_start(self, options: dict) -> dict:
         """Start (or keep) this worker's HTTP proxy; the controller elected us."""
+        async with self.proxy_lock:
+            return await self._proxy_start(options)
+
+    async def _proxy_start(self, options: dict) -> dict:
         from ..config import HTTPOptions
         from ..proxy.server import ProxyServer
 
@@ -53,7 +58,7 @@ class DServeWorkerPlugin(WorkerPlugin):
         if self.proxy is not None:
             if self.proxy.options == http and not self.proxy.task.done():
                 return {"ok": True, "port": self.proxy.port}
-            await self.proxy_stop()
+            await self._proxy_stop()
         proxy = ProxyServer(http)
         try:
             await proxy.start()
@@ -65,6 +70,10 @@ class DServeWorkerPlugin(WorkerPlugin):
         return {"ok": True, "port": proxy.port}
 
     async def proxy_stop(self) -> dict:
+        async with self.proxy_lock:
+            return await self._proxy_stop()
+
+    async def _proxy_stop(self) -> dict:
         proxy, self.proxy = self.proxy, None
         if proxy is not None:
             await proxy.stop()

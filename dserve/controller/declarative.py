@@ -39,8 +39,9 @@ class DeclarativeDeployer:
         self.config: Optional[Dict[str, Any]] = None  # the last config deployed
         self._builds: Dict[str, Any] = {}  # app name -> build task
 
-    async def deploy(self, config: Dict[str, Any], mode: str = MULTI_APP) -> Dict[str, Any]:
-        """Validate and apply a config; returns at once (builds run in the background)."""
+    async def deploy(self, config: Dict[str, Any], mode: str = MULTI_APP, force: bool = False) -> Dict[str, Any]:
+        """Validate and apply a config; returns at once (builds run in the background).
+        ``force`` rebuilds unchanged applications too (``dserve run --reload``)."""
         try:
             if mode == SINGLE_APP:
                 app = ServeApplicationSchema.model_validate(config)
@@ -56,24 +57,27 @@ class DeclarativeDeployer:
                              f"a {mode.lower().replace('_', '-')} config cannot be deployed until they are deleted"}
         self.mode = mode
         self.config = config
-        await self.controller.rpc_start({
-            "http_options": schema.http_options.model_dump(),
-            "proxy_location": schema.proxy_location,
-        }, wait=False)
+        proxy_options: Dict[str, Any] = {}  # only what the config sets: serve.start's choices stand otherwise
+        if "http_options" in schema.model_fields_set:
+            proxy_options["http_options"] = schema.http_options.model_dump(exclude_unset=True)
+        if "proxy_location" in schema.model_fields_set:
+            proxy_options["proxy_location"] = schema.proxy_location
+        if proxy_options:
+            await self.controller.rpc_start(proxy_options, wait=False)
         wanted = {a.name for a in schema.applications}
         for name, app in list(self.controller.apps.items()):
             if name not in wanted:
                 app.delete()
         for app_schema in schema.applications:
-            self._apply(app_schema)
+            self._apply(app_schema, force)
         self.controller.notify_change()
         self.controller.wake()
         return {"ok": True}
 
-    def _apply(self, schema: ServeApplicationSchema) -> None:
+    def _apply(self, schema: ServeApplicationSchema, force: bool = False) -> None:
         config = schema.model_dump(mode="json")
         app = self.controller.apps.get(schema.name)
-        if app is not None and not app.deleting and app.spec.source.get("full_config") == config:
+        if not force and app is not None and not app.deleting and app.spec.source.get("full_config") == config:
             return  # unchanged: untouched
         if app is None or app.deleting:
             placeholder = ApplicationSpec(schema.name, schema.route_prefix, "", [], {"full_config": None})

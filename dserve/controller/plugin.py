@@ -41,6 +41,24 @@ CONTROLLER_NAME = "dserve-controller"
 RECONCILE_TICK_S = 0.5
 
 
+def options_from_dask_config() -> Dict[str, Any]:
+    """Cluster-level defaults from Dask's config: a ``dserve:`` section in Dask's
+    YAML, or ``DASK_DSERVE__HTTP_PORT=...`` style environment variables."""
+    import dask
+
+    section = dask.config.get("dserve", {}) or {}
+    get = lambda key: section.get(key, section.get(key.replace("-", "_")))  # noqa: E731
+    options: Dict[str, Any] = {}
+    http = {k: get(f"http-{k}") for k in ("host", "port", "root-path", "request-timeout-s")}
+    http = {k.replace("-", "_"): v for k, v in http.items() if v is not None}
+    if http:
+        options["http_options"] = http
+    for key in ("proxy-location", "rest-port", "rest-host", "rest-token", "state-path"):
+        if get(key) is not None:
+            options[key.replace("-", "_")] = get(key)
+    return options
+
+
 class Controller(SchedulerPlugin):
     """dserve's control plane, living in the Dask scheduler."""
 
@@ -52,6 +70,7 @@ class Controller(SchedulerPlugin):
 
     # ---- SchedulerPlugin hooks ----
     async def start(self, scheduler: Any) -> None:
+        self.options = {**options_from_dask_config(), **self.options}
         self.scheduler = scheduler
         self.apps: Dict[str, ApplicationState] = {}
         self.ledger = PlacementLedger()
@@ -68,6 +87,7 @@ class Controller(SchedulerPlugin):
         self.proxy_state = ProxyState(self, *self._proxy_options(self.options))
         self._routes: Dict[str, Any] = {"version": 0, "routes": {}}
         self.declarative = DeclarativeDeployer(self)
+        self.serving = True  # False after a shutdown, until the next start or deploy
         self.applied_envs: Set[str] = set()
         for name in dir(self):
             if name.startswith("rpc_"):
@@ -89,19 +109,16 @@ class Controller(SchedulerPlugin):
 
     async def _start_rest(self) -> None:
         """The REST admin API on the scheduler's loop; a busy port is logged, not fatal."""
-        import dask
-
         from ..rest import create_app
         from ..uvicorn_server import EmbeddedServer, config
 
-        port = self.options.get("rest_port", dask.config.get("dserve.rest-port", 52365))
+        port = self.options.get("rest_port", 52365)
         self.rest_server = None
         self.rest_port: Optional[int] = None
         if port is None or int(port) < 0:
             return
-        host = self.options.get("rest_host", dask.config.get("dserve.rest-host", "127.0.0.1"))
-        token = self.options.get("rest_token") or dask.config.get("dserve.rest-token", None) or os.environ.get(
-            "DSERVE_REST_TOKEN")
+        host = self.options.get("rest_host", "127.0.0.1")
+        token = self.options.get("rest_token") or os.environ.get("DSERVE_REST_TOKEN")
         server = EmbeddedServer(config(create_app(self, token)))
         try:
             await server.start_serving(host, int(port))
@@ -221,11 +238,20 @@ class Controller(SchedulerPlugin):
         await self._ready.wait()
         return {"ok": True, "started_at": self.started_at}
 
+    def _ensure_serving(self) -> None:
+        """After a shutdown, the next start or deploy brings the proxies back."""
+        if not self.serving:
+            self.serving = True
+            self.proxy_state = ProxyState(self, *self._proxy_options(self.options))
+
     async def rpc_start(self, options: Dict[str, Any], wait: bool = True) -> Dict[str, Any]:
         """(Re)apply proxy options from serve.start; wait briefly for the proxies."""
         await self._ready.wait()
+        self._ensure_serving()
         if "http_options" in options or "proxy_location" in options:
             merged = {**self.options, **options}
+            if "http_options" in options:  # fields not given keep their current values
+                merged["http_options"] = {**self.options.get("http_options", {}), **options["http_options"]}
             http, location = self._proxy_options(merged)
             if (http, location) != (self.proxy_state.http_options, self.proxy_state.location):
                 await self.proxy_state.stop_all()
@@ -239,14 +265,17 @@ class Controller(SchedulerPlugin):
             await self._next_tick(0.5)
         return {"ok": True, "proxies": self.proxy_state.status()}
 
-    async def rpc_deploy_config(self, config: Dict[str, Any], mode: str = MULTI_APP) -> Dict[str, Any]:
+    async def rpc_deploy_config(self, config: Dict[str, Any], mode: str = MULTI_APP,
+                                force: bool = False) -> Dict[str, Any]:
         """Declarative deploy of a whole config (see ``declarative``)."""
         await self._ready.wait()
-        return await self.declarative.deploy(config, mode)
+        self._ensure_serving()
+        return await self.declarative.deploy(config, mode, force)
 
     async def rpc_deploy(self, spec: bytes) -> Dict[str, Any]:
         """Deploy or update applications; returns at once (see rpc_wait)."""
         await self._ready.wait()
+        self._ensure_serving()
         specs: List[ApplicationSpec] = loads(spec)
         error = self._check_routes(specs)
         if error:
@@ -309,6 +338,7 @@ class Controller(SchedulerPlugin):
         result = await self.rpc_delete(list(self.apps), wait=True, timeout=timeout)
         await self.proxy_state.stop_all()
         self.proxy_state = ProxyState(self, self.proxy_state.http_options, ProxyLocation.Disabled)
+        self.serving = False
         return result
 
     async def rpc_status(self) -> Dict[str, Any]:

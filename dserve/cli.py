@@ -1,0 +1,413 @@
+"""The ``dserve`` command line: start, run, deploy, status, config, shutdown, build.
+
+``deploy``/``status``/``config``/``shutdown`` talk to the REST admin API
+(``-a/--address``, ``DSERVE_REST_ADDRESS``, or the cluster ``dserve start``
+launched); ``start`` and ``run`` talk to a Dask scheduler. User mistakes end
+with a one-line message and a non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import click
+import httpx
+import yaml
+
+__all__ = ["cli"]
+
+DEFAULT_REST = "http://127.0.0.1:52365"
+
+
+def _home() -> str:
+    return os.environ.get("DSERVE_HOME", os.path.join(os.path.expanduser("~"), ".dserve"))
+
+
+def _state_file() -> str:
+    return os.path.join(_home(), "cluster.json")
+
+
+def _launched() -> Optional[Dict[str, Any]]:
+    try:
+        with open(_state_file()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _rest_address(address: Optional[str]) -> str:
+    if address:
+        return address.rstrip("/")
+    env = os.environ.get("DSERVE_REST_ADDRESS")
+    if env:
+        return env.rstrip("/")
+    launched = _launched()
+    if launched and launched.get("rest_address"):
+        return launched["rest_address"]
+    return DEFAULT_REST
+
+
+def _request(method: str, address: Optional[str], path: str, **kwargs: Any) -> httpx.Response:
+    base = _rest_address(address)
+    headers = {}
+    token = os.environ.get("DSERVE_REST_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = httpx.request(method, base + path, headers=headers, timeout=60, **kwargs)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the dserve REST API at {base}: {exc}") from None
+    if response.status_code == 401:
+        raise click.ClickException("the REST API refused the request: set DSERVE_REST_TOKEN to its bearer token")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("error", response.text)
+        except ValueError:
+            detail = response.text
+        raise click.ClickException(detail.splitlines()[0] if detail else f"HTTP {response.status_code}")
+    return response
+
+
+def _parse_args(pairs: List[str]) -> Dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.ClickException(f"application arguments must look like key=value, got {pair!r}")
+        key, _, value = pair.partition("=")
+        out[key] = value
+    return out
+
+
+def _load_config(target: str, args: List[str], name: Optional[str] = None,
+                 route_prefix: Optional[str] = None) -> Dict[str, Any]:
+    """A deploy config from a YAML file, or from an import path and key=value args."""
+    if target.endswith((".yaml", ".yml", ".json")) or os.path.isfile(target):
+        if args:
+            raise click.ClickException("key=value arguments go with an import path, not a config file")
+        try:
+            with open(target) as f:
+                config = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {target}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise click.ClickException(f"{target} is not valid YAML: {exc}") from None
+        if not isinstance(config, dict):
+            raise click.ClickException(f"{target} must hold a mapping")
+        if "applications" not in config and "import_path" in config:  # single-app file
+            config = {"applications": [config]}
+        return config
+    app: Dict[str, Any] = {"import_path": target, "args": _parse_args(args)}
+    if name:
+        app["name"] = name
+    if route_prefix:
+        app["route_prefix"] = route_prefix
+    return {"applications": [app]}
+
+
+def _validate(config: Dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    from .schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise click.ClickException(f"invalid config: {where}: {first['msg']}") from None
+
+
+@click.group(help="dserve: Ray Serve's API on Dask. Deploy, inspect and manage applications.")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Start dserve on a Dask cluster (or launch a detached local one) and return.")
+@click.option("--address", default=None, help="Scheduler address (tcp://host:8786). Without it a local cluster is launched.")
+@click.option("--http-host", default="127.0.0.1", show_default=True)
+@click.option("--http-port", default=8000, type=int, show_default=True)
+@click.option("--proxy-location", default="EveryNode", show_default=True,
+              type=click.Choice(["EveryNode", "HeadOnly", "Disabled"], case_sensitive=False))
+@click.option("--rest-port", default=52365, type=int, show_default=True, help="REST admin API port (launched clusters).")
+@click.option("--n-workers", default=2, type=int, show_default=True, help="Workers of a launched cluster.")
+@click.option("--nthreads", default=4, type=int, show_default=True, help="Threads (CPU slots) per launched worker.")
+def start(address: Optional[str], http_host: str, http_port: int, proxy_location: str, rest_port: int,
+          n_workers: int, nthreads: int) -> None:
+    http_options = {"host": http_host, "port": http_port}
+    if address:
+        from . import api
+
+        try:
+            api.start(http_options=http_options, proxy_location=proxy_location, address=address)
+        except Exception as exc:  # noqa: BLE001
+            raise click.ClickException(f"could not start dserve on {address}: {exc}") from None
+        click.echo(f"dserve is running on the Dask cluster at {address}.")
+        return
+    if _launched():
+        raise click.ClickException(f"a cluster launched by `dserve start` is already running ({_launched()['address']}); "
+                                   "run `dserve shutdown` first")
+    _launch_local(http_host, http_port, proxy_location, rest_port, n_workers, nthreads)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_local(http_host: str, http_port: int, proxy_location: str, rest_port: int, n_workers: int,
+                  nthreads: int) -> None:
+    os.makedirs(_home(), exist_ok=True)
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(os.path.join(_home(), "cluster.log"), "ab")
+    common = dict(stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+    pids = []
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", ":0", "--preload", "dserve", "--dserve-http-host", http_host,
+         "--dserve-http-port", str(http_port), "--dserve-proxy-location", proxy_location,
+         "--dserve-rest-port", str(rest_port)], **common)
+    pids.append(scheduler.pid)
+    rest_address = f"http://127.0.0.1:{rest_port}"
+    state = {"address": address, "rest_address": rest_address, "pids": pids}
+    with open(_state_file(), "w") as f:
+        json.dump(state, f)
+    for _ in range(n_workers):
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                                   str(nthreads), "--host", "127.0.0.1"], **common)
+        pids.append(worker.pid)
+        with open(_state_file(), "w") as f:
+            json.dump(state, f)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(rest_address + "/api/serve/applications/", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if scheduler.poll() is not None:
+            raise click.ClickException(f"the scheduler exited; see {os.path.join(_home(), 'cluster.log')}")
+        time.sleep(0.2)
+    else:
+        raise click.ClickException(f"the REST API did not come up at {rest_address}")
+    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler: {address}\n  REST API:  {rest_address}\n"
+               f"  HTTP:      http://{http_host}:{http_port}\nStop it with `dserve shutdown`.")
+
+
+@cli.command(help="Deploy a config file (or an import path) through the REST API.")
+@click.argument("config_or_import_path")
+@click.argument("arguments", nargs=-1)
+@click.option("-a", "--address", default=None, help=f"REST API address (default $DSERVE_REST_ADDRESS or {DEFAULT_REST}).")
+@click.option("--name", default=None, help="Application name (import paths only).")
+@click.option("--route-prefix", default=None, help="Route prefix (import paths only).")
+def deploy(config_or_import_path: str, arguments: tuple, address: Optional[str], name: Optional[str],
+           route_prefix: Optional[str]) -> None:
+    config = _load_config(config_or_import_path, list(arguments), name, route_prefix)
+    _validate(config)
+    _request("PUT", address, "/api/serve/applications/", json=config)
+    click.echo(f"Sent deploy request to {_rest_address(address)}; see `dserve status` for progress.")
+
+
+@cli.command(help="Print the status of every application (YAML).")
+@click.option("-a", "--address", default=None)
+@click.option("--name", default=None, help="Only this application.")
+def status(address: Optional[str], name: Optional[str]) -> None:
+    details = _request("GET", address, "/api/serve/applications/").json()
+    apps = {
+        app_name: {
+            "status": app["status"],
+            "message": app["message"],
+            "last_deployed_time_s": app["last_deployed_time_s"],
+            "deployments": {
+                dep_name: {"status": dep["status"], "status_trigger": dep["status_trigger"],
+                           "replica_states": _replica_states(dep), "message": dep["message"]}
+                for dep_name, dep in app["deployments"].items()
+            },
+        }
+        for app_name, app in details["applications"].items()
+        if name is None or app_name == name
+    }
+    out = {"proxies": {node: p["status"] for node, p in details["proxies"].items()}, "applications": apps,
+           "target_capacity": details.get("target_capacity")}
+    click.echo(yaml.safe_dump(out, sort_keys=False).rstrip())
+
+
+def _replica_states(dep: Dict[str, Any]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for replica in dep["replicas"]:
+        counts[replica["state"]] = counts.get(replica["state"], 0) + 1
+    return counts
+
+
+@cli.command(help="Print the configs of the deployed applications (YAML).")
+@click.option("-a", "--address", default=None)
+@click.option("--name", default=None, help="Only this application.")
+def config(address: Optional[str], name: Optional[str]) -> None:
+    details = _request("GET", address, "/api/serve/applications/").json()
+    configs = [app["deployed_app_config"] for app_name, app in details["applications"].items()
+               if app.get("deployed_app_config") and (name is None or app_name == name)]
+    if not configs:
+        click.echo("No configuration was found." if name is None else f"No config for application {name!r}.")
+        return
+    click.echo("\n---\n\n".join(yaml.safe_dump(c, sort_keys=False).rstrip() for c in configs))
+
+
+@cli.command(help="Delete every application; stop the cluster `dserve start` launched.")
+@click.option("-a", "--address", default=None)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def shutdown(address: Optional[str], yes: bool) -> None:
+    if not yes:
+        click.confirm(f"Shut down dserve at {_rest_address(address)} (every application will be deleted)?",
+                      abort=True)
+    launched = _launched() if address is None else None
+    try:
+        _request("DELETE", address, "/api/serve/applications/")
+    except click.ClickException:
+        if launched is None:
+            raise
+    if launched is not None:
+        for pid in reversed(launched.get("pids", [])):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 15
+        for pid in launched.get("pids", []):
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if _alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        os.remove(_state_file())
+        click.echo("Shut down dserve and the cluster `dserve start` launched.")
+    else:
+        click.echo("Shut down dserve (every application deleted).")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+@cli.command(help="Run an application (config file or import path) in the foreground; Ctrl-C tears it down.")
+@click.argument("config_or_import_path")
+@click.argument("arguments", nargs=-1)
+@click.option("--address", default=None, help="Scheduler address; without it an embedded cluster is started.")
+@click.option("--name", default="default", show_default=True)
+@click.option("--route-prefix", default=None)
+@click.option("--reload", is_flag=True, help="Redeploy when files in the working directory change.")
+@click.option("--http-port", default=None, type=int)
+def run(config_or_import_path: str, arguments: tuple, address: Optional[str], name: str,
+        route_prefix: Optional[str], reload: bool, http_port: Optional[int]) -> None:
+    from . import api
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        config = _load_config(config_or_import_path, list(arguments), name, route_prefix)
+        _validate(config)
+        api.start(address=address, http_options={"port": http_port} if http_port else None)
+        _deploy_and_wait(api, config)
+        click.echo("Deployed; serving until Ctrl-C.")
+        snapshot = _snapshot_files() if reload else None
+        while True:
+            time.sleep(1)
+            if reload:
+                current = _snapshot_files()
+                if current != snapshot:
+                    snapshot = current
+                    click.echo("Files changed; redeploying.")
+                    _deploy_and_wait(api, config, force=True)
+    except KeyboardInterrupt:
+        click.echo("Shutting down.")
+    except click.ClickException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line for the user
+        raise click.ClickException(str(exc).strip().splitlines()[0]) from None
+    finally:
+        api.shutdown()
+
+
+def _deploy_and_wait(api: Any, config: Dict[str, Any], force: bool = False) -> None:
+    from .runtime import get_runtime
+
+    runtime = get_runtime()
+    result = api._sync(runtime, runtime.rpc("dserve_deploy_config", config=config, force=force))
+    if "error" in result:
+        raise click.ClickException(result["error"].splitlines()[0])
+    for app in config["applications"]:
+        api.wait_for_application(runtime, app.get("name", "default"))
+
+
+def _snapshot_files() -> Dict[str, float]:
+    out = {}
+    for root, dirs, files in os.walk(os.getcwd()):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for f in files:
+            if f.endswith((".py", ".yaml", ".yml")):
+                path = os.path.join(root, f)
+                try:
+                    out[path] = os.path.getmtime(path)
+                except OSError:
+                    pass
+    return out
+
+
+@cli.command(help="Write a config file for one or more applications given by import path.")
+@click.argument("import_paths", nargs=-1, required=True)
+@click.option("-o", "--output-path", default=None, help="Write here instead of stdout.")
+def build(import_paths: tuple, output_path: Optional[str]) -> None:
+    from .build import import_application
+    from .deployment import build_application
+
+    sys.path.insert(0, os.getcwd())
+    applications = []
+    for index, path in enumerate(import_paths):
+        try:
+            app = import_application(path)
+        except Exception as exc:  # noqa: BLE001
+            raise click.ClickException(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
+        name = "default" if len(import_paths) == 1 else f"app{index + 1}"
+        built = build_application(app, name)
+        deployments = []
+        for bd in built.deployments:
+            options = {"name": bd.name}
+            options.update(bd.deployment.config.model_dump(mode="json", exclude_unset=True,
+                                                           exclude={"autoscaling_config"}))
+            if bd.deployment.config.autoscaling_config is not None:
+                options["autoscaling_config"] = bd.deployment.config.autoscaling_config.model_dump(
+                    mode="json", exclude={"policy"})
+            deployments.append(options)
+        applications.append({"name": name, "route_prefix": "/" if len(import_paths) == 1 else f"/{name}",
+                             "import_path": path, "runtime_env": {}, "deployments": deployments})
+    config = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": 8000},
+              "applications": applications}
+    text = yaml.safe_dump(config, sort_keys=False)
+    if output_path:
+        with open(output_path, "w") as f:
+            f.write(text)
+        click.echo(f"Wrote {output_path}.")
+    else:
+        click.echo(text.rstrip())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,101 @@
+"""The dserve CLI, run as a user would: real processes, a detached cluster, the REST API."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+
+from conftest import free_port, wait_for
+
+APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
+
+
+def dserve(*args, env=None, check=True, timeout=120):
+    result = subprocess.run([sys.executable, "-m", "dserve.cli", *args], cwd=APPS_DIR, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dserve {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def env(tmp_path):
+    return dict(os.environ, DSERVE_HOME=str(tmp_path / "home"), DASK_LOGGING__DISTRIBUTED="warning")
+
+
+def test_build_writes_a_config(tmp_path, env):
+    out = tmp_path / "config.yaml"
+    dserve("build", "config_apps:greeter_app", "-o", str(out), env=env)
+    config = yaml.safe_load(out.read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "config_apps:greeter_app" and app["route_prefix"] == "/"
+    assert app["deployments"][0]["name"] == "Greeter"
+
+
+@pytest.mark.slow
+def test_start_deploy_status_config_shutdown(tmp_path, env):
+    http_port, rest_port = free_port(), free_port()
+    started = dserve("start", "--http-port", str(http_port), "--rest-port", str(rest_port), env=env)
+    assert f"127.0.0.1:{rest_port}" in started.stdout
+    try:
+        config = {"applications": [
+            {"name": "a", "route_prefix": "/a", "import_path": "config_apps:greeter_app",
+             "deployments": [{"name": "Greeter", "user_config": {"suffix": "!"}}]},
+            {"name": "b", "route_prefix": "/b", "import_path": "config_apps:builder", "args": {"greeting": "hey"}},
+        ]}
+        path = tmp_path / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        dserve("deploy", str(path), env=env)
+
+        def running():
+            status = yaml.safe_load(dserve("status", env=env).stdout)
+            return all(status["applications"].get(n, {}).get("status") == "RUNNING" for n in ("a", "b"))
+
+        wait_for(running, timeout=90, interval=0.5, what="both applications RUNNING")
+        assert httpx.get(f"http://127.0.0.1:{http_port}/a").json()["text"] == "hello!"
+        assert httpx.get(f"http://127.0.0.1:{http_port}/b").json()["text"] == "hey"
+        configs = list(yaml.safe_load_all(dserve("config", env=env).stdout))
+        assert {c["name"] for c in configs} == {"a", "b"}
+
+        config["applications"][0]["deployments"][0]["user_config"] = {"suffix": "?"}
+        path.write_text(yaml.safe_dump(config))
+        dserve("deploy", str(path), env=env)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{http_port}/a").json()["text"] == "hello?", timeout=60,
+                 what="the new user_config")
+    finally:
+        dserve("shutdown", "-y", env=env)
+    assert not os.path.exists(os.path.join(env["DSERVE_HOME"], "cluster.json"))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{rest_port}/api/serve/applications/", timeout=2)
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, env):
+    missing = dserve("deploy", str(tmp_path / "missing.yaml"), env=env, check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr and "cannot read" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"applications": [{"import_path": "x:y", "route_prefix": "nope"}]}))
+    invalid = dserve("deploy", str(bad), env=env, check=False)
+    assert invalid.returncode != 0 and "route_prefix" in invalid.stderr and "Traceback" not in invalid.stderr
+    unreachable = dserve("status", "-a", f"http://127.0.0.1:{free_port()}", env=env, check=False)
+    assert unreachable.returncode != 0 and "cannot reach" in unreachable.stderr
+
+
+@pytest.mark.slow
+def test_run_serves_until_interrupted(env):
+    port = free_port()
+    env = dict(env, DASK_DSERVE__REST_PORT="0")
+    proc = subprocess.Popen([sys.executable, "-m", "dserve.cli", "run", "config_apps:builder", "greeting=yo",
+                             "--http-port", str(port)], cwd=APPS_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=2).json()["text"] == "yo", timeout=90,
+                 interval=0.3, what="dserve run to serve")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Shutting down" in out
