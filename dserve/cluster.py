@@ -46,7 +46,9 @@ def start_embedded_cluster() -> Any:
     "__main__"`` guard is not re-executed in them. Sized by Dask config
     ``dserve.embedded.n-workers`` (default 2) and
     ``dserve.embedded.threads-per-worker`` (default 4): each thread is one CPU
-    slot for ``ray_actor_options={"num_cpus": ...}``.
+    slot for ``ray_actor_options={"num_cpus": ...}``. ``dserve.embedded.adaptive``
+    (e.g. ``{"minimum": 1, "maximum": 4}``) makes it adaptive: Dask adds workers
+    for replicas that do not fit and retires idle ones.
     """
     from distributed import Scheduler
     from distributed.deploy.spec import SpecCluster
@@ -81,6 +83,10 @@ def start_embedded_cluster() -> Any:
     finally:
         if quiet and saved is None:
             os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+    adaptive = dask.config.get("dserve.embedded.adaptive", None)
+    if adaptive:  # e.g. {"minimum": 1, "maximum": 4}: workers follow serving demand
+        cluster.adapt(**{k.replace("-", "_"): v for k, v in dict(adaptive).items()})
+        n_workers = min(n_workers, int(dict(adaptive).get("minimum", 0)) or n_workers)
     deadline = time.monotonic() + 120
     while len(cluster.scheduler.workers) < n_workers:  # subprocess workers connect on their own
         if time.monotonic() > deadline:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from distributed.core import ConnectionPool
 
+from .context import new_request_id
 from .event_loop import home_loop, worker_or_none
 from .routing.mux import MuxConnection
 from .routing.router import Router
@@ -38,6 +39,8 @@ class Runtime:
         self.connections: Dict[str, Any] = {}
         self._listener: Optional[asyncio.Task] = None
         self.closed = False
+        self._reporter: Optional[asyncio.Task] = None
+        self.source = new_request_id()  # identifies this process's queue reports
         self._worker = worker_or_none()
         self.local_address = self._worker.address if self._worker is not None else None
 
@@ -100,7 +103,32 @@ class Runtime:
         self.watchers.pop(key, None)
 
     def report_queued(self, router: Router) -> None:
-        """Hook for queue metrics (used by autoscaling)."""
+        """A request started waiting: with no replica at all, tell the controller
+        now (scale from zero); otherwise the periodic report covers it."""
+        if router.local or not self.scheduler_address:
+            return
+        if self._reporter is None:
+            self._reporter = asyncio.ensure_future(self._report_queues())
+        if not router.slots:
+            asyncio.ensure_future(self._send_queued({f"{router.app}#{router.deployment}": router.num_queued}))
+
+    async def _send_queued(self, counts: Dict[str, int]) -> None:
+        try:
+            await self.rpc("dserve_report_queued", source=self.source, counts=counts)
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort
+            logger.debug("queue report failed: %r", exc)
+
+    async def _report_queues(self) -> None:
+        from .autoscale.metrics import PUSH_PERIOD_S
+
+        reported: Dict[str, int] = {}
+        while not self.closed:
+            await asyncio.sleep(PUSH_PERIOD_S)
+            counts = {f"{a}#{d}": r.num_queued for (a, d), r in self.routers.items() if not r.local}
+            changed = {k: v for k, v in counts.items() if v or reported.get(k)}
+            if changed:
+                await self._send_queued(changed)
+            reported = counts
 
     # ---- long poll of replica sets ----
     def _restart_listener(self) -> None:
@@ -137,8 +165,9 @@ class Runtime:
 
     async def close(self) -> None:
         self.closed = True
-        if self._listener is not None:
-            self._listener.cancel()
+        for task in (self._listener, self._reporter):
+            if task is not None:
+                task.cancel()
         for conn in self.connections.values():
             conn.close()
         self.connections.clear()

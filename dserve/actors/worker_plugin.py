@@ -39,11 +39,29 @@ class DServeWorkerPlugin(WorkerPlugin):
         worker.handlers[MUX_OP] = self.mux
         worker.handlers["dserve_proxy_start"] = self.proxy_start
         worker.handlers["dserve_proxy_stop"] = self.proxy_stop
+        self.reporter = asyncio.ensure_future(self._report_load())
 
     async def teardown(self, worker: Any) -> None:
         for name in (MUX_OP, "dserve_proxy_start", "dserve_proxy_stop"):
             worker.handlers.pop(name, None)
+        self.reporter.cancel()
         await self.proxy_stop()
+
+    async def _report_load(self) -> None:
+        """Push the running-request count of every replica here to the controller."""
+        from ..actors.replica import ReplicaActor
+        from ..autoscale.metrics import PUSH_PERIOD_S
+
+        while True:
+            await asyncio.sleep(PUSH_PERIOD_S)
+            counts = {a.replica_id: a.ongoing for a in list(self.worker.state.actors.values())
+                      if isinstance(a, ReplicaActor) and a.accepting}
+            if not counts:
+                continue
+            try:
+                await self.worker.scheduler.dserve_report_running(counts=counts)
+            except Exception as exc:  # noqa: BLE001 - metrics are best effort
+                logger.debug("load report failed: %r", exc)
 
     async def proxy_start(self, options: dict) -> dict:
         """Start (or keep) this worker's HTTP proxy; the controller elected us."""

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from ..autoscale import Autoscaler
 from ..config import DeploymentConfig
 from ..schema import DeploymentStatus, DeploymentStatusTrigger, ReplicaState
 
@@ -78,6 +79,7 @@ class DeploymentState:
         self.deleting = False
         self.version = controller.next_version()
         self._ever_healthy = False
+        self.autoscaler = Autoscaler()
 
     # ---- goal state ----
     @property
@@ -111,6 +113,8 @@ class DeploymentState:
     def delete(self) -> None:
         self.deleting = True
         self.trigger = DeploymentStatusTrigger.DELETING
+        self.controller.note_unplaceable(self.key, None)
+        self.controller.metrics.drop(self.key)
 
     @property
     def run_version(self) -> str:
@@ -138,8 +142,28 @@ class DeploymentState:
             ],
         }
 
+    # ---- autoscaling ----
+    def autoscale(self) -> None:
+        """Sample this deployment's load and move its target as the policy says."""
+        config = self.spec.config.autoscaling_config
+        if config is None or self.deleting or self.status == DeploymentStatus.DEPLOY_FAILED:
+            return
+        metrics = self.controller.metrics
+        running = self.running()
+        running_requests = metrics.total_running([r.replica_id for r in running])
+        queued = metrics.total_queued(self.key)
+        samples = metrics.sample(self.key, running_requests + queued, config.look_back_period_s)
+        target, why = self.autoscaler.decide(config, self.target, len(running), list(samples), running_requests,
+                                             queued, (self.app, self.name))
+        if target != self.target:
+            logger.info("autoscaling %s: %s", self.key, why)
+            self.status = DeploymentStatus.UPSCALING if target > self.target else DeploymentStatus.DOWNSCALING
+            self.trigger = DeploymentStatusTrigger.AUTOSCALING
+            self.target = target
+
     # ---- reconcile ----
     def reconcile(self) -> None:
+        self.autoscale()
         if self.deleting:
             for r in list(self.replicas.values()):
                 if r.state != ReplicaState.STOPPING:
@@ -151,8 +175,10 @@ class DeploymentState:
         outdated = [r for r in active if r.code_version != version]
         if self.status != DeploymentStatus.DEPLOY_FAILED:
             missing = self.target - len(current)
+            self.controller.note_unplaceable(self.key, None)
             while missing > 0:
                 if not self._start_one():
+                    self.controller.note_unplaceable(self.key, self.spec.config.ray_actor_options.demand(), missing)
                     if outdated:  # make room: replace an old replica first
                         self._stop(outdated.pop())
                     break
@@ -186,16 +212,19 @@ class DeploymentState:
         )
         if settled:
             if self.status != DeploymentStatus.HEALTHY:
-                self.trigger = (
-                    DeploymentStatusTrigger.CONFIG_UPDATE_COMPLETED
-                    if self.trigger == DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
-                    else DeploymentStatusTrigger.UPSCALE_COMPLETED
-                )
+                if self.trigger == DeploymentStatusTrigger.CONFIG_UPDATE_STARTED:
+                    self.trigger = DeploymentStatusTrigger.CONFIG_UPDATE_COMPLETED
+                elif self.status == DeploymentStatus.DOWNSCALING:
+                    self.trigger = DeploymentStatusTrigger.DOWNSCALE_COMPLETED
+                else:
+                    self.trigger = DeploymentStatusTrigger.UPSCALE_COMPLETED
             self.status = DeploymentStatus.HEALTHY
             self.message = ""
             self._ever_healthy = True
         elif self._ever_healthy and len(running) < self.target and self.trigger == DeploymentStatusTrigger.HEALTH_CHECK_FAILED:
             self.status = DeploymentStatus.UNHEALTHY
+        elif self.status in (DeploymentStatus.UPSCALING, DeploymentStatus.DOWNSCALING):
+            pass  # autoscaling in progress
         elif self.status == DeploymentStatus.HEALTHY:
             self.status = DeploymentStatus.UPDATING
 
@@ -222,9 +251,7 @@ class DeploymentState:
         if ws is None:
             reason = self.controller.ledger.why_not(workers, demand, max_per_host, per_host)
             self.message = f"Deployment '{self.name}' has replicas that cannot be placed yet: {reason}."
-            self.controller.note_unplaceable(self.key, 1)
             return False
-        self.controller.note_unplaceable(self.key, 0)
         suffix = uuid.uuid4().hex[:8]
         replica_id = f"{self.app}#{self.name}#{suffix}"
         record = ReplicaRecord(
@@ -315,6 +342,7 @@ class DeploymentState:
     def _remove(self, r: ReplicaRecord) -> None:
         if self.replicas.pop(r.replica_id, None) is None:
             return
+        self.controller.metrics.forget_replica(r.replica_id)
         self.controller.ledger.release(r.worker, r.demand)
         if r.future is not None:
             r.future.release()
@@ -388,10 +416,21 @@ class DeploymentState:
         return counts
 
     def status_dict(self) -> Dict[str, Any]:
-        return {
+        out = {
             "status": self.status.value,
             "status_trigger": self.trigger.value,
             "message": self.message,
             "replica_states": self.replica_states(),
             "target_replicas": self.target,
         }
+        if self.spec.config.autoscaling_config is not None:
+            metrics = self.controller.metrics
+            out["autoscaling"] = {
+                "target_replicas": self.target,
+                "current_replicas": len(self.running()),
+                "running_requests": metrics.total_running([r.replica_id for r in self.running()]),
+                "queued_requests": metrics.total_queued(self.key),
+                "last_decision": self.autoscaler.last_decision,
+                "last_decision_time_s": self.autoscaler.last_decision_at,
+            }
+        return out

@@ -30,6 +30,8 @@ from ..schema import ApplicationStatus, ProxyStatus
 from ..serialization import loads
 from .application_state import ApplicationSpec, ApplicationState
 from .declarative import MULTI_APP, DeclarativeDeployer
+from ..autoscale import LoadMetrics
+from .cluster_coupling import ClusterCoupling
 from .placement import PlacementLedger
 from .proxy_state import ProxyState
 
@@ -75,7 +77,7 @@ class Controller(SchedulerPlugin):
         self.apps: Dict[str, ApplicationState] = {}
         self.ledger = PlacementLedger()
         self.client: Optional[Client] = None
-        self.unplaceable: Dict[str, int] = {}
+        self.unplaceable: Dict[str, tuple] = {}
         self._versions = itertools.count(1)
         self._changed = asyncio.Event()
         self._ticked = asyncio.Event()
@@ -87,11 +89,14 @@ class Controller(SchedulerPlugin):
         self.proxy_state = ProxyState(self, *self._proxy_options(self.options))
         self._routes: Dict[str, Any] = {"version": 0, "routes": {}}
         self.declarative = DeclarativeDeployer(self)
+        self.metrics = LoadMetrics()
         self.serving = True  # False after a shutdown, until the next start or deploy
         self.applied_envs: Set[str] = set()
         for name in dir(self):
             if name.startswith("rpc_"):
                 scheduler.handlers["dserve_" + name[4:]] = getattr(self, name)
+        self.coupling = ClusterCoupling(self)
+        self.coupling.install()
         self._boot_task = asyncio.ensure_future(self._boot())
 
     async def _boot(self) -> None:
@@ -133,6 +138,7 @@ class Controller(SchedulerPlugin):
 
     async def close(self) -> None:
         self._closing = True
+        self.coupling.uninstall()
         if getattr(self, "rest_server", None) is not None:
             await self.rest_server.stop()
         for task in [getattr(self, "_loop_task", None), getattr(self, "_boot_task", None), *self._tasks]:
@@ -199,11 +205,16 @@ class Controller(SchedulerPlugin):
     def worker_alive(self, address: str) -> bool:
         return address in self.scheduler.workers
 
-    def note_unplaceable(self, key: str, count: int) -> None:
-        if count:
-            self.unplaceable[key] = count
+    def note_unplaceable(self, key: str, demand: Optional[Dict[str, float]], count: int = 0) -> None:
+        """``count`` replicas of ``key`` needing ``demand`` each cannot be placed (0 / None: all placed)."""
+        if demand and count:
+            self.unplaceable[key] = (demand, count)
         else:
             self.unplaceable.pop(key, None)
+
+    def valid_workers_downscaling(self, scheduler: Any, workers: List[Any]) -> List[Any]:
+        """Never offer a worker hosting replicas or a proxy for retirement."""
+        return self.coupling.removable(workers)
 
     # ---- reconcile loop ----
     async def _reconcile_loop(self) -> None:
@@ -355,6 +366,16 @@ class Controller(SchedulerPlugin):
             return None
         return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
                 "deployments": list(app.deployments)}
+
+    async def rpc_report_running(self, counts: Dict[str, int]) -> None:
+        """A worker's replicas and how many requests each is running."""
+        self.metrics.report_running(counts)
+
+    async def rpc_report_queued(self, source: str, counts: Dict[str, int]) -> None:
+        """A caller's queued requests per deployment (at once when one waits on zero replicas)."""
+        self.metrics.report_queued(source, counts)
+        if any(counts.values()):
+            self.wake()
 
     async def rpc_report_models(self, replica_id: str, model_ids: List[str]) -> bool:
         """A replica's multiplexed models changed (routers prefer replicas holding a model)."""

@@ -1,0 +1,65 @@
+"""Load of each deployment as the controller sees it.
+
+Replicas report how many requests they are running (their worker pushes
+every ``PUSH_PERIOD_S``); routers report how many requests wait in their
+queues (periodically, and at once when a request waits for a deployment with
+no replicas). A deployment's load sample is running + queued; samples are
+kept over the look-back window.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Deque, Dict, Iterable, Tuple
+
+__all__ = ["LoadMetrics", "PUSH_PERIOD_S"]
+
+PUSH_PERIOD_S = 0.5
+STALE_AFTER_S = 3 * PUSH_PERIOD_S
+
+
+class LoadMetrics:
+    def __init__(self) -> None:
+        self.running: Dict[str, Tuple[float, int]] = {}  # replica id -> (time, ongoing)
+        self.queued: Dict[Tuple[str, str], Tuple[float, int]] = {}  # (deployment key, source) -> (time, queued)
+        self.samples: Dict[str, Deque[Tuple[float, float]]] = collections.defaultdict(collections.deque)
+
+    def report_running(self, counts: Dict[str, int]) -> None:
+        now = time.monotonic()
+        for replica_id, ongoing in counts.items():
+            self.running[replica_id] = (now, ongoing)
+
+    def report_queued(self, source: str, counts: Dict[str, int]) -> None:
+        now = time.monotonic()
+        for key, queued in counts.items():
+            self.queued[(key, source)] = (now, queued)
+
+    def forget_replica(self, replica_id: str) -> None:
+        self.running.pop(replica_id, None)
+
+    def total_running(self, replica_ids: Iterable[str]) -> int:
+        now = time.monotonic()
+        total = 0
+        for rid in replica_ids:
+            entry = self.running.get(rid)
+            if entry is not None and now - entry[0] < STALE_AFTER_S:
+                total += entry[1]
+        return total
+
+    def total_queued(self, key: str) -> int:
+        now = time.monotonic()
+        return sum(q for (k, _), (t, q) in list(self.queued.items()) if k == key and now - t < STALE_AFTER_S)
+
+    def sample(self, key: str, load: float, window_s: float) -> Deque[Tuple[float, float]]:
+        """Record one load sample for ``key``; return the samples inside the window."""
+        now = time.monotonic()
+        series = self.samples[key]
+        series.append((now, load))
+        while series and now - series[0][0] > window_s:
+            series.popleft()
+        return series
+
+    def drop(self, key: str) -> None:
+        self.samples.pop(key, None)
+        for k in [k for k in self.queued if k[0] == key]:
+            del self.queued[k]

@@ -1,0 +1,63 @@
+"""Dask's cluster managers follow serving demand.
+
+Replicas are actors and add no task occupancy, so Dask's own
+``adaptive_target`` never sees serving load. The controller wraps it (the
+method, for the HTTP ``/api/v1/adaptive_target`` route and the desired-workers
+gauge, and the RPC handler, for ``distributed.deploy.Adaptive`` used by
+LocalCluster, dask-jobqueue and dask-kubernetes): the target becomes at least
+the workers hosting replicas or proxies plus the workers needed for replicas
+that cannot be placed. ``valid_workers_downscaling`` keeps those hosts out of
+every retirement.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, List, Set
+
+if TYPE_CHECKING:
+    from .plugin import Controller
+
+__all__ = ["ClusterCoupling"]
+
+
+class ClusterCoupling:
+    def __init__(self, controller: "Controller") -> None:
+        self.controller = controller
+        self.original: Callable[..., int] = controller.scheduler.adaptive_target
+
+    def install(self) -> None:
+        scheduler = self.controller.scheduler
+        scheduler.adaptive_target = self.adaptive_target
+        scheduler.handlers["adaptive_target"] = self.adaptive_target
+
+    def uninstall(self) -> None:
+        scheduler = self.controller.scheduler
+        scheduler.adaptive_target = self.original
+        scheduler.handlers["adaptive_target"] = self.original
+
+    def hosts(self) -> Set[str]:
+        """Workers that must stay: they run replicas or a proxy."""
+        busy = {r.worker for app in self.controller.apps.values()
+                for dep in app.deployments.values() for r in dep.replicas.values()}
+        busy.update(self.controller.proxy_state.proxies)
+        return busy
+
+    def extra_workers(self) -> int:
+        """Workers to add for the replicas that cannot be placed now."""
+        missing = self.controller.unplaceable
+        if not missing:
+            return 0
+        workers = list(self.controller.scheduler.workers.values())
+        per_worker = max((ws.nthreads for ws in workers), default=1) or 1
+        cpus = sum(demand.get("CPU", 1.0) * count for demand, count in missing.values())
+        return max(1, math.ceil(cpus / per_worker))
+
+    def desired_workers(self) -> int:
+        return len(self.hosts() & set(self.controller.scheduler.workers)) + self.extra_workers()
+
+    def adaptive_target(self, target_duration: Any = None) -> int:
+        return max(self.original(target_duration), self.desired_workers())
+
+    def removable(self, workers: List[Any]) -> List[Any]:
+        keep = self.hosts()
+        return [ws for ws in workers if ws.address not in keep]
