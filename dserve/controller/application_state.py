@@ -34,6 +34,7 @@ class ApplicationState:
         self.deploying = True
         self.deleting = False
         self.building = False  # being built from an import path
+        self.recovering = False  # restored from a checkpoint, replicas not all back yet
         self.failed_message = ""
         self.last_deployed_time_s = time.time()
         self.apply(spec)
@@ -84,6 +85,7 @@ class ApplicationState:
             d.status == DeploymentStatus.HEALTHY for d in self.deployments.values() if not d.deleting
         ) and not any(d.deleting for d in self.deployments.values()):
             self.deploying = False
+            self.recovering = False
         return self.deleting and not self.deployments
 
     @property

@@ -123,5 +123,6 @@ class DeclarativeDeployer:
         else:
             spec.source["full_config"] = config
             app.apply(spec)
+            self.controller.checkpoint()
         self.controller.notify_change()
         self.controller.wake()

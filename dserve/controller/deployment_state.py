@@ -170,7 +170,8 @@ class DeploymentState:
                     self._stop(r)
             return
         version = self.run_version
-        active = [r for r in self.replicas.values() if r.state in (ReplicaState.STARTING, ReplicaState.RUNNING)]
+        active = [r for r in self.replicas.values()
+                  if r.state in (ReplicaState.STARTING, ReplicaState.RECOVERING, ReplicaState.RUNNING)]
         current = [r for r in active if r.code_version == version]
         outdated = [r for r in active if r.code_version != version]
         if self.status != DeploymentStatus.DEPLOY_FAILED:
@@ -254,6 +255,7 @@ class DeploymentState:
             return False
         suffix = uuid.uuid4().hex[:8]
         replica_id = f"{self.app}#{self.name}#{suffix}"
+        app = self.controller.apps.get(self.app)
         record = ReplicaRecord(
             replica_id=replica_id,
             key=f"dserve-replica-{replica_id}",
@@ -261,6 +263,7 @@ class DeploymentState:
             host=ws.host,
             code_version=self.run_version,
             demand=demand,
+            state=ReplicaState.RECOVERING if app is not None and app.recovering else ReplicaState.STARTING,
         )
         self.controller.ledger.reserve(ws.address, demand)
         self.replicas[replica_id] = record
@@ -288,7 +291,7 @@ class DeploymentState:
                 error = info["error"]
         except Exception as exc:  # the worker died, or the actor could not be created
             error = f"{type(exc).__name__}: {exc}"
-        if r.state != ReplicaState.STARTING:  # stopped or lost while starting
+        if r.state not in (ReplicaState.STARTING, ReplicaState.RECOVERING):  # stopped or lost while starting
             return
         if error is not None:
             self._start_failed(r, error)

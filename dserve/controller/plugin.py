@@ -31,6 +31,7 @@ from ..serialization import loads
 from .application_state import ApplicationSpec, ApplicationState
 from .declarative import MULTI_APP, DeclarativeDeployer
 from ..autoscale import LoadMetrics
+from . import checkpoint
 from .cluster_coupling import ClusterCoupling
 from .placement import PlacementLedger
 from .proxy_state import ProxyState
@@ -91,12 +92,14 @@ class Controller(SchedulerPlugin):
         self.declarative = DeclarativeDeployer(self)
         self.metrics = LoadMetrics()
         self.serving = True  # False after a shutdown, until the next start or deploy
+        self.restored_from_checkpoint = False
         self.applied_envs: Set[str] = set()
         for name in dir(self):
             if name.startswith("rpc_"):
                 scheduler.handlers["dserve_" + name[4:]] = getattr(self, name)
         self.coupling = ClusterCoupling(self)
         self.coupling.install()
+        self._check_worker_ttl()
         self._boot_task = asyncio.ensure_future(self._boot())
 
     async def _boot(self) -> None:
@@ -107,10 +110,50 @@ class Controller(SchedulerPlugin):
         await self.scheduler.register_worker_plugin(
             None, dask_dumps(DServeWorkerPlugin()), name=PLUGIN_NAME, idempotent=True
         )
+        self._restore()
         self._ready.set()
         self._loop_task = asyncio.ensure_future(self._reconcile_loop())
         await self._start_rest()
         logger.info("dserve controller ready on %s", self.scheduler.address)
+
+    # ---- goal state on disk ----
+    @property
+    def state_path(self) -> Optional[str]:
+        return self.options.get("state_path") or os.environ.get("DSERVE_STATE_PATH")
+
+    def checkpoint(self) -> None:
+        """Write the goal state (after every change to it) when a state path is set."""
+        path = self.state_path
+        if not path:
+            return
+        apps = [app.spec for app in self.apps.values() if not app.deleting and not app.building]
+        try:
+            checkpoint.save(path, {
+                "apps": apps,
+                "declarative": {"mode": self.declarative.mode, "config": self.declarative.config},
+                "options": {k: v for k, v in self.options.items() if k != "rest_token"},
+            })
+        except OSError as exc:
+            logger.error("dserve: could not write the state file %s: %s", path, exc)
+
+    def _restore(self) -> None:
+        path = self.state_path
+        if not path:
+            logger.warning("dserve: no state path set (--dserve-state-path, dask config dserve.state-path or "
+                           "DSERVE_STATE_PATH); applications live in memory only and a scheduler restart loses them")
+            return
+        state = checkpoint.load(path)
+        if not state:
+            return
+        for spec in state.get("apps", []):
+            app = ApplicationState(self, spec)
+            app.recovering = True
+            self.apps[spec.name] = app
+        declarative = state.get("declarative") or {}
+        self.declarative.mode = declarative.get("mode")
+        self.declarative.config = declarative.get("config")
+        self.restored_from_checkpoint = bool(self.apps)
+        logger.info("dserve: restored %d application(s) from %s", len(self.apps), path)
 
     async def _start_rest(self) -> None:
         """The REST admin API on the scheduler's loop; a busy port is logged, not fatal."""
@@ -165,6 +208,17 @@ class Controller(SchedulerPlugin):
                 dep.worker_lost(worker)
         self.ledger.forget(worker)
         self.wake()
+
+    @staticmethod
+    def _check_worker_ttl() -> None:
+        import dask
+        from dask.utils import parse_timedelta
+
+        ttl = parse_timedelta(dask.config.get("distributed.scheduler.worker-ttl", None) or 0)
+        if not ttl or ttl > 60:
+            logger.warning(
+                "dserve: distributed.scheduler.worker-ttl is %s; a silently lost worker goes unnoticed that long. "
+                "30s is recommended for serving (DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=30s).", ttl or "unset")
 
     @staticmethod
     def _proxy_options(options: Dict[str, Any]) -> tuple:
@@ -235,6 +289,7 @@ class Controller(SchedulerPlugin):
         for name, app in list(self.apps.items()):
             if app.reconcile():
                 del self.apps[name]
+                self.checkpoint()
                 self.notify_change()
         self.proxy_state.reconcile()
 
@@ -300,6 +355,7 @@ class Controller(SchedulerPlugin):
                     self.apps[app_spec.name] = ApplicationState(self, app_spec)
             else:
                 app.apply(app_spec)
+        self.checkpoint()
         self.notify_change()
         self.wake()
         return {"ok": True}
@@ -338,6 +394,7 @@ class Controller(SchedulerPlugin):
             app = self.apps.get(name)
             if app is not None:
                 app.delete()
+        self.checkpoint()
         self.notify_change()
         self.wake()
         deadline = time.monotonic() + timeout
@@ -358,6 +415,7 @@ class Controller(SchedulerPlugin):
             "proxies": {host: p["status"] for host, p in self.proxy_state.status().items()},
             "proxy_details": self.proxy_state.status(),
             "rest_port": getattr(self, "rest_port", None),
+            "restored_from_checkpoint": self.restored_from_checkpoint,
         }
 
     async def rpc_app_info(self, name: str) -> Optional[Dict[str, Any]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional
 
 from ..context import RequestContext
-from ..exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ..exceptions import ActorDiedError, BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ..serialization import dumps, loads, unpack_exception
 from ..wire import LastItem
 from .mux import StreamEnd
@@ -170,7 +170,11 @@ class Router:
                     return await replica.call_args(method, args, kwargs, wire_ctx)
                 payload = payload or dumps((args, kwargs))
                 conn = self.runtime.connection(slot.address)
-                i, fut = await conn.request(slot.key, method, payload, wire_ctx)
+                try:
+                    i, fut = await conn.request(slot.key, method, payload, wire_ctx)
+                except ActorDiedError:  # the worker is unreachable: nothing was sent, try another
+                    self.drop(slot)
+                    continue
                 try:
                     msg = await fut
                 except asyncio.CancelledError:
@@ -213,7 +217,11 @@ class Router:
                     return
                 payload = payload or dumps((args, kwargs))
                 conn = self.runtime.connection(slot.address)
-                i, queue = await conn.stream(slot.key, method, payload, wire_ctx)
+                try:
+                    i, queue = await conn.stream(slot.key, method, payload, wire_ctx)
+                except ActorDiedError:  # unreachable: nothing was sent, try another
+                    self.drop(slot)
+                    continue
                 first = True
                 finished = False
                 try:
