@@ -54,7 +54,7 @@ class LocalConnection:
         if target is None:
             return
         if isinstance(target, Channel):
-            if "c" not in msg:
+            if "c" not in msg or "d" in msg:  # the stream's last message
                 self._pending.pop(msg["i"], None)
             target.put_nowait(msg)
         else:

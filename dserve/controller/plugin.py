@@ -99,7 +99,7 @@ class Controller(SchedulerPlugin):
                 scheduler.handlers["dserve_" + name[4:]] = getattr(self, name)
         self.coupling = ClusterCoupling(self)
         self.coupling.install()
-        self._check_worker_ttl()
+        self._check_worker_ttl(scheduler)
         self._boot_task = asyncio.ensure_future(self._boot())
 
     async def _boot(self) -> None:
@@ -210,11 +210,8 @@ class Controller(SchedulerPlugin):
         self.wake()
 
     @staticmethod
-    def _check_worker_ttl() -> None:
-        import dask
-        from dask.utils import parse_timedelta
-
-        ttl = parse_timedelta(dask.config.get("distributed.scheduler.worker-ttl", None) or 0)
+    def _check_worker_ttl(scheduler: Any) -> None:
+        ttl = getattr(scheduler, "worker_ttl", None)
         if not ttl or ttl > 60:
             logger.warning(
                 "dserve: distributed.scheduler.worker-ttl is %s; a silently lost worker goes unnoticed that long. "

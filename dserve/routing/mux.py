@@ -98,10 +98,8 @@ class MuxConnection:
                     if target is None:
                         continue
                     if isinstance(target, Channel):
-                        if "c" in msg:
-                            target.put_nowait(msg)
-                            continue
-                        del pending[msg["i"]]
+                        if "c" not in msg or "d" in msg:  # the stream's last message
+                            del pending[msg["i"]]
                         target.put_nowait(msg)
                     else:
                         del pending[msg["i"]]
