@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--systems", default="dserve,bare,ray")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="http,compose,handle,stream,batch,memory")
+    parser.add_argument("--scenarios", default="http,compose,handle,stream,batch,memory,grpc")
     args = parser.parse_args()
     wanted = args.scenarios.split(",")
     systems = []
@@ -220,6 +220,11 @@ def main() -> None:
             if "memory" in wanted:
                 scenario_memory(sys_, s)
             sys_.stop()
+    if "grpc" in wanted:
+        from . import grpc_bench
+        from .systems import free_port
+
+        grpc_bench.run(s, emit, free_port, rounds=args.rounds)
     table()
 
 

@@ -133,17 +133,22 @@ def cli() -> None:
 @click.option("--http-port", default=8000, type=int, show_default=True)
 @click.option("--proxy-location", default="EveryNode", show_default=True,
               type=click.Choice(["EveryNode", "HeadOnly", "Disabled"], case_sensitive=False))
+@click.option("--grpc-port", default=9000, type=int, show_default=True)
+@click.option("--grpc-servicer-functions", multiple=True,
+              help="Import path of an add_XServicer_to_server function (repeatable); enables the gRPC proxy.")
 @click.option("--rest-port", default=52365, type=int, show_default=True, help="REST admin API port (launched clusters).")
 @click.option("--n-workers", default=2, type=int, show_default=True, help="Workers of a launched cluster.")
 @click.option("--nthreads", default=4, type=int, show_default=True, help="Threads (CPU slots) per launched worker.")
-def start(address: Optional[str], http_host: str, http_port: int, proxy_location: str, rest_port: int,
-          n_workers: int, nthreads: int) -> None:
+def start(address: Optional[str], http_host: str, http_port: int, proxy_location: str, grpc_port: int,
+          grpc_servicer_functions: tuple, rest_port: int, n_workers: int, nthreads: int) -> None:
     http_options = {"host": http_host, "port": http_port}
+    grpc_options = {"port": grpc_port, "grpc_servicer_functions": list(grpc_servicer_functions)}
     if address:
         from . import api
 
         try:
-            api.start(http_options=http_options, proxy_location=proxy_location, address=address)
+            api.start(http_options=http_options, grpc_options=grpc_options, proxy_location=proxy_location,
+                      address=address)
         except Exception as exc:  # noqa: BLE001
             raise click.ClickException(f"could not start dserve on {address}: {exc}") from None
         click.echo(f"dserve is running on the Dask cluster at {address}.")
@@ -151,7 +156,7 @@ def start(address: Optional[str], http_host: str, http_port: int, proxy_location
     if _launched():
         raise click.ClickException(f"a cluster launched by `dserve start` is already running ({_launched()['address']}); "
                                    "run `dserve shutdown` first")
-    _launch_local(http_host, http_port, proxy_location, rest_port, n_workers, nthreads)
+    _launch_local(http_host, http_port, proxy_location, rest_port, n_workers, nthreads, grpc_options)
 
 
 def _free_port() -> int:
@@ -163,7 +168,7 @@ def _free_port() -> int:
 
 
 def _launch_local(http_host: str, http_port: int, proxy_location: str, rest_port: int, n_workers: int,
-                  nthreads: int) -> None:
+                  nthreads: int, grpc_options: Dict[str, Any]) -> None:
     os.makedirs(_home(), exist_ok=True)
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -178,6 +183,8 @@ def _launch_local(http_host: str, http_port: int, proxy_location: str, rest_port
     pids.append(scheduler.pid)
     rest_address = f"http://127.0.0.1:{rest_port}"
     state = {"address": address, "rest_address": rest_address, "pids": pids}
+    if grpc_options["grpc_servicer_functions"]:
+        common["env"] = dict(os.environ, DASK_DSERVE__GRPC_OPTIONS=json.dumps(grpc_options))
     with open(_state_file(), "w") as f:
         json.dump(state, f)
     for _ in range(n_workers):
@@ -374,7 +381,8 @@ def _snapshot_files() -> Dict[str, float]:
 @cli.command(help="Write a config file for one or more applications given by import path.")
 @click.argument("import_paths", nargs=-1, required=True)
 @click.option("-o", "--output-path", default=None, help="Write here instead of stdout.")
-def build(import_paths: tuple, output_path: Optional[str]) -> None:
+@click.option("--grpc-servicer-functions", multiple=True, help="Servicer functions for the config's grpc_options.")
+def build(import_paths: tuple, output_path: Optional[str], grpc_servicer_functions: tuple) -> None:
     from .build import import_application
     from .deployment import build_application
 
@@ -398,8 +406,10 @@ def build(import_paths: tuple, output_path: Optional[str]) -> None:
             deployments.append(options)
         applications.append({"name": name, "route_prefix": "/" if len(import_paths) == 1 else f"/{name}",
                              "import_path": path, "runtime_env": {}, "deployments": deployments})
-    config = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": 8000},
-              "applications": applications}
+    config: Dict[str, Any] = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": 8000}}
+    if grpc_servicer_functions:
+        config["grpc_options"] = {"port": 9000, "grpc_servicer_functions": list(grpc_servicer_functions)}
+    config["applications"] = applications
     text = yaml.safe_dump(config, sort_keys=False)
     if output_path:
         with open(output_path, "w") as f:

@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
 from ..ingress import prepare_asgi_app
 from ..serialization import loads
+from .grpc_adapter import GRPC_METHOD, serve_grpc
 from .http_adapter import HTTP_METHOD, serve_http
 
 __all__ = ["ReplicaActor"]
@@ -192,6 +193,8 @@ class ReplicaActor:
         found = self._methods.get(name)
         if found is None and name == HTTP_METHOD:
             found = self._methods[name] = (self._serve_http, _ASYNC_GEN)
+        if found is None and name == GRPC_METHOD:
+            found = self._methods[name] = (functools.partial(serve_grpc, self), _ASYNC_GEN)
         if found is None:
             if inspect.isfunction(self.servable) or not hasattr(self.servable, name):
                 if name == "__call__" and callable(self.servable):

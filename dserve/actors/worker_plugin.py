@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -63,21 +63,22 @@ class DServeWorkerPlugin(WorkerPlugin):
             except Exception as exc:  # noqa: BLE001 - metrics are best effort
                 logger.debug("load report failed: %r", exc)
 
-    async def proxy_start(self, options: dict) -> dict:
-        """Start (or keep) this worker's HTTP proxy; the controller elected us."""
+    async def proxy_start(self, options: dict, grpc_options: Optional[dict] = None) -> dict:
+        """Start (or keep) this worker's HTTP (and gRPC) proxy; the controller elected us."""
         async with self.proxy_lock:
-            return await self._proxy_start(options)
+            return await self._proxy_start(options, grpc_options or {})
 
-    async def _proxy_start(self, options: dict) -> dict:
-        from ..config import HTTPOptions
+    async def _proxy_start(self, options: dict, grpc_options: dict) -> dict:
+        from ..config import HTTPOptions, gRPCOptions
         from ..proxy.server import ProxyServer
 
-        http = HTTPOptions(**options)
+        http, grpc = HTTPOptions(**options), gRPCOptions(**grpc_options)
         if self.proxy is not None:
-            if self.proxy.options == http and not self.proxy.task.done():
-                return {"ok": True, "port": self.proxy.port}
+            same = self.proxy.options == http and self.proxy.grpc_options == grpc
+            if same and not self.proxy.task.done():
+                return {"ok": True, "port": self.proxy.port, "grpc_port": self.proxy.grpc_port}
             await self._proxy_stop()
-        proxy = ProxyServer(http)
+        proxy = ProxyServer(http, grpc)
         try:
             await proxy.start()
         except OSError as exc:
@@ -85,7 +86,7 @@ class DServeWorkerPlugin(WorkerPlugin):
         except Exception as exc:  # noqa: BLE001
             return {"error": f"HTTP proxy could not start on {self.worker.address}: {exc!r}"}
         self.proxy = proxy
-        return {"ok": True, "port": proxy.port}
+        return {"ok": True, "port": proxy.port, "grpc_port": proxy.grpc_port}
 
     async def proxy_stop(self) -> dict:
         async with self.proxy_lock:

@@ -62,6 +62,8 @@ class DeclarativeDeployer:
             proxy_options["http_options"] = schema.http_options.model_dump(exclude_unset=True)
         if "proxy_location" in schema.model_fields_set:
             proxy_options["proxy_location"] = schema.proxy_location
+        if "grpc_options" in schema.model_fields_set:
+            proxy_options["grpc_options"] = schema.grpc_options.model_dump(exclude_unset=True)
         if proxy_options:
             await self.controller.rpc_start(proxy_options, wait=False)
         wanted = {a.name for a in schema.applications}

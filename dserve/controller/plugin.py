@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps as dask_dumps
 
 from ..actors.worker_plugin import PLUGIN_NAME, DServeWorkerPlugin
-from ..config import HTTPOptions, ProxyLocation
+from ..config import HTTPOptions, ProxyLocation, gRPCOptions
 from ..proxy.http_proxy import ROUTES_KEY
 from ..schema import ApplicationStatus, ProxyStatus
 from ..serialization import loads
@@ -59,6 +60,9 @@ def options_from_dask_config() -> Dict[str, Any]:
     for key in ("proxy-location", "rest-port", "rest-host", "rest-token", "state-path"):
         if get(key) is not None:
             options[key.replace("-", "_")] = get(key)
+    grpc = get("grpc-options")
+    if grpc:
+        options["grpc_options"] = json.loads(grpc) if isinstance(grpc, str) else dict(grpc)
     return options
 
 
@@ -220,7 +224,8 @@ class Controller(SchedulerPlugin):
     @staticmethod
     def _proxy_options(options: Dict[str, Any]) -> tuple:
         http = HTTPOptions(**options.get("http_options", {}))
-        return http, ProxyLocation.parse(options.get("proxy_location"))
+        grpc = gRPCOptions(**options.get("grpc_options", {}))
+        return http, ProxyLocation.parse(options.get("proxy_location")), grpc
 
     def scheduler_host(self) -> str:
         from distributed.comm import get_address_host
@@ -311,14 +316,16 @@ class Controller(SchedulerPlugin):
         """(Re)apply proxy options from serve.start; wait briefly for the proxies."""
         await self._ready.wait()
         self._ensure_serving()
-        if "http_options" in options or "proxy_location" in options:
+        if {"http_options", "proxy_location", "grpc_options"} & set(options):
             merged = {**self.options, **options}
-            if "http_options" in options:  # fields not given keep their current values
-                merged["http_options"] = {**self.options.get("http_options", {}), **options["http_options"]}
-            http, location = self._proxy_options(merged)
-            if (http, location) != (self.proxy_state.http_options, self.proxy_state.location):
+            for key in ("http_options", "grpc_options"):  # fields not given keep their current values
+                if key in options:
+                    merged[key] = {**self.options.get(key, {}), **options[key]}
+            http, location, grpc = self._proxy_options(merged)
+            state = self.proxy_state
+            if (http, location, grpc) != (state.http_options, state.location, state.grpc_options):
                 await self.proxy_state.stop_all()
-                self.proxy_state = ProxyState(self, http, location)
+                self.proxy_state = ProxyState(self, http, location, grpc)
             self.options = merged
         self.reconcile()
         deadline = time.monotonic() + (15 if wait else 0)
@@ -402,7 +409,8 @@ class Controller(SchedulerPlugin):
     async def rpc_shutdown(self, timeout: float = 60.0) -> Dict[str, Any]:
         result = await self.rpc_delete(list(self.apps), wait=True, timeout=timeout)
         await self.proxy_state.stop_all()
-        self.proxy_state = ProxyState(self, self.proxy_state.http_options, ProxyLocation.Disabled)
+        self.proxy_state = ProxyState(self, self.proxy_state.http_options, ProxyLocation.Disabled,
+                                      self.proxy_state.grpc_options)
         self.serving = False
         return result
 
@@ -445,8 +453,9 @@ class Controller(SchedulerPlugin):
             for name, app in self.apps.items()
             if app.route_prefix and app.ingress and not app.deleting
         }
-        if table != self._routes["routes"]:
-            self._routes = {"version": self.next_version(), "routes": table}
+        apps = {name: app.ingress for name, app in self.apps.items() if app.ingress and not app.deleting}
+        if table != self._routes["routes"] or apps != self._routes.get("apps"):
+            self._routes = {"version": self.next_version(), "routes": table, "apps": apps}
         return self._routes
 
     def _snapshot(self, key: str) -> Dict[str, Any]:

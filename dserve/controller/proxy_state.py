@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..config import HTTPOptions, ProxyLocation
+from ..config import HTTPOptions, ProxyLocation, gRPCOptions
 from ..schema import ProxyStatus
 
 if TYPE_CHECKING:
@@ -21,10 +21,12 @@ RETRY_AFTER_S = 10.0
 
 
 class ProxyState:
-    def __init__(self, controller: "Controller", http_options: HTTPOptions, location: ProxyLocation) -> None:
+    def __init__(self, controller: "Controller", http_options: HTTPOptions, location: ProxyLocation,
+                 grpc_options: Optional[gRPCOptions] = None) -> None:
         self.controller = controller
         self.http_options = http_options
         self.location = location
+        self.grpc_options = grpc_options or gRPCOptions()
         self.proxies: Dict[str, Dict[str, Any]] = {}  # worker address -> record
 
     def elect(self) -> List[Any]:
@@ -64,7 +66,7 @@ class ProxyState:
     async def _start(self, address: str, record: Dict[str, Any]) -> None:
         try:
             result = await self.controller.scheduler.rpc(address).dserve_proxy_start(
-                options=self.http_options.model_dump()
+                options=self.http_options.model_dump(), grpc_options=self.grpc_options.model_dump()
             )
         except Exception as exc:  # noqa: BLE001
             result = {"error": f"could not reach worker {address}: {exc!r}"}
@@ -73,6 +75,7 @@ class ProxyState:
             record["status"] = ProxyStatus.HEALTHY
             record["message"] = ""
             record["port"] = result.get("port")
+            record["grpc_port"] = result.get("grpc_port")
         else:
             record["status"] = ProxyStatus.UNHEALTHY
             record["message"] = (result or {}).get("error", "unknown error")
@@ -90,6 +93,6 @@ class ProxyState:
     def status(self) -> Dict[str, Dict[str, Any]]:
         return {
             rec["host"]: {"status": rec["status"].value, "message": rec["message"], "worker": address,
-                          "port": rec.get("port")}
+                          "port": rec.get("port"), "grpc_port": rec.get("grpc_port")}
             for address, rec in self.proxies.items()
         }

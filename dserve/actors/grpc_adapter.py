@@ -1,0 +1,62 @@
+"""Serve one gRPC call inside a replica.
+
+The proxy sends the method name, the deserialized request message and the
+client's metadata; the deployment method of that name runs (given a
+``RayServegRPCContext`` if it has a ``grpc_context`` parameter), and what
+comes back is ``("msg", response)`` items for a streaming method, then a last
+``("end", context state, error)``; a unary call travels as one last item.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, AsyncIterator, Callable, List, Tuple
+
+from ..grpc_util import RayServegRPCContext
+from ..wire import LastItem
+
+__all__ = ["GRPC_METHOD", "serve_grpc"]
+
+GRPC_METHOD = "__dserve_grpc__"
+
+
+def _takes_context(fn: Callable) -> bool:
+    try:
+        return "grpc_context" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def serve_grpc(replica: Any, method: str, request: Any, metadata: List[Tuple[str, str]]) -> AsyncIterator[Any]:
+    context = RayServegRPCContext(metadata)
+    try:
+        fn, kind = replica._method(method)
+    except AttributeError as exc:
+        yield LastItem(("end", None, context.state(), f"UNIMPLEMENTED:{exc}"))
+        return
+    call = functools.partial(fn, request, grpc_context=context) if _takes_context(fn) else functools.partial(fn, request)
+    try:
+        if kind == "asyncgen":
+            async for item in call():
+                yield ("msg", item)
+            yield LastItem(("end", None, context.state(), None))
+        elif kind == "gen":
+            gen = await replica._run_sync(call)
+            done = object()
+            try:
+                while True:
+                    item = await replica._run_sync(next, gen, done)
+                    if item is done:
+                        break
+                    yield ("msg", item)
+            finally:
+                gen.close()
+            yield LastItem(("end", None, context.state(), None))
+        else:
+            result = await call() if kind == "async" else await replica._run_sync(call)
+            yield LastItem(("end", result, context.state(), None))
+    except Exception as exc:  # noqa: BLE001 - the proxy turns it into a status
+        from .worker_plugin import logger
+
+        logger.warning("gRPC method %s failed", method, exc_info=True)
+        yield LastItem(("end", None, context.state(), f"INTERNAL:{type(exc).__name__}: {exc}"))
