@@ -50,3 +50,13 @@ def test_port_in_use_gives_a_status_message_not_a_dead_worker(serve_instance):
     serve.start(http_options={"port": port})
     assert list(serve.status().proxies.values()) == ["HEALTHY"]
     assert httpx.get(f"http://127.0.0.1:{port}/s2", timeout=10).text == "awake"
+
+
+def test_proxy_location_disabled_and_head_only(serve_instance):
+    serve.start(http_options={"port": free_port()}, proxy_location="Disabled")
+    assert serve.status().proxies == {}
+    port = free_port()
+    serve.start(http_options={"port": port}, proxy_location="HeadOnly")
+    details = wait_for(lambda: [d for d in proxy_details().values() if d["status"] == "HEALTHY"],
+                       what="a proxy on the scheduler's host")
+    assert len(details) == 1 and details[0]["port"] == port
