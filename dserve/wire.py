@@ -6,6 +6,8 @@ msgpack-encoded list of small dicts; user payloads inside are pickled bytes.
 
 caller -> worker:  {"i": id, "k": replica key, "m": method, "p": payload, "c": ctx, "s": stream?}
                    {"i": id, "x": 1}                 cancel request ``id``
+                   {"i": id, ..., "ws": 1}           open a WebSocket session (payload: the scope)
+                   {"i": id, "w": event}             a client event for WebSocket session ``id``
 worker -> caller:  {"i": id, "r": payload}           unary result
                    {"i": id, "e": packed exception}  user (or replica) error
                    {"i": id, "g": reason}            replica not here: retry elsewhere

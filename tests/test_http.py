@@ -4,7 +4,7 @@ import time
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, WebSocket
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -270,3 +270,43 @@ def test_malformed_http_does_not_break_the_proxy(http, clean):
         reply = s.recv(1024)
     assert reply.startswith(b"HTTP/1.1 400") or reply == b""
     assert http.get("/reflect").status_code == 200
+
+
+ws_app = FastAPI()
+
+
+@serve.deployment(num_replicas=2)
+@serve.ingress(ws_app)
+class Chat:
+    def __init__(self):
+        self.replica = serve.get_replica_context().replica_id
+
+    @ws_app.websocket("/ws")
+    async def ws(self, websocket: WebSocket):
+        await websocket.accept()
+        while True:
+            text = await websocket.receive_text()
+            if text == "bye":
+                await websocket.close()
+                return
+            await websocket.send_text(f"{text}@{self.replica}")
+
+
+def test_websockets_through_a_fastapi_ingress(http, clean):
+    import websockets.sync.client as ws_client
+
+    serve.run(Chat.bind(), name="chat", route_prefix="/chat")
+    url = str(http.base_url).replace("http://", "ws://").rstrip("/") + "/chat/ws"
+    replicas = set()
+    for session in range(6):  # both replicas: one in the proxy's process, one over the data plane
+        with ws_client.connect(url) as conn:
+            for word in ("a", "b"):
+                conn.send(f"{word}{session}")
+                text, replica = conn.recv(timeout=10).split("@")
+                assert text == f"{word}{session}"
+                replicas.add(replica)
+            conn.send("bye")
+            with pytest.raises(Exception):
+                conn.recv(timeout=10)
+    assert len(replicas) == 2
+    assert http.get("/-/healthz").status_code == 200

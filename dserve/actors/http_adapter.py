@@ -21,7 +21,7 @@ from starlette.requests import Request
 from ..wire import LastItem
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-__all__ = ["serve_http", "to_response", "HTTP_METHOD"]
+__all__ = ["serve_http", "serve_websocket", "to_response", "HTTP_METHOD"]
 
 HTTP_METHOD = "__dserve_http__"
 
@@ -122,6 +122,37 @@ async def serve_http(
                 if exc is not None:
                     raise exc
                 return
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def serve_websocket(asgi_app: Any, scope: dict, receive: Callable[[], Any]) -> AsyncIterator[dict]:
+    """Run a WebSocket session through the deployment's ASGI app; yield what it sends."""
+    if asgi_app is None:  # only ASGI ingress deployments speak WebSocket
+        yield {"type": "websocket.close", "code": 1003, "reason": "this deployment does not accept WebSockets"}
+        return
+    outbound: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def send(message: dict) -> None:
+        outbound.put_nowait(message)
+
+    async def run() -> None:
+        try:
+            await asgi_app(scope, receive, send)
+        finally:
+            outbound.put_nowait(end)
+
+    task = asyncio.ensure_future(run())
+    try:
+        while True:
+            message = await outbound.get()
+            if message is end:
+                break
+            yield message
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
     finally:
         if not task.done():
             task.cancel()

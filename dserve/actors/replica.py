@@ -27,7 +27,7 @@ from ..context import ReplicaContext, RequestContext, _current_replica, _request
 from ..ingress import prepare_asgi_app
 from ..serialization import loads
 from .grpc_adapter import GRPC_METHOD, serve_grpc
-from .http_adapter import HTTP_METHOD, serve_http
+from .http_adapter import HTTP_METHOD, serve_http, serve_websocket
 
 __all__ = ["ReplicaActor"]
 
@@ -211,6 +211,18 @@ class ReplicaActor:
     def _serve_http(self, scope: dict, body: bytes) -> AsyncIterator[list]:
         """One HTTP request from a proxy: ASGI messages come back in batches."""
         return serve_http(self._asgi_app, self._call_with_request, scope, body)
+
+    async def websocket(self, scope: Any, receive: Callable[[], Any], ctx: Optional[dict]) -> AsyncIterator[dict]:
+        """One WebSocket session from a proxy (it holds a request slot while open)."""
+        if isinstance(scope, bytes):
+            scope = loads(scope)
+        self._enter(ctx)
+        try:
+            async with self._sem:
+                async for message in serve_websocket(self._asgi_app, scope, receive):
+                    yield message
+        finally:
+            self._exit()
 
     def _call_with_request(self, request: Any) -> Any:
         fn, kind = self._method("__call__")

@@ -102,12 +102,18 @@ class DServeWorkerPlugin(WorkerPlugin):
         """Serve multiplexed requests from one caller until its comm closes."""
         out = Coalescer(comm)
         tasks: Dict[int, asyncio.Task] = {}
+        inboxes: Dict[int, asyncio.Queue] = {}  # WebSocket sessions: client events
         actors = self.worker.state.actors
         try:
             while True:
                 batch = decode(await comm.read())
                 for msg in batch:
                     i = msg["i"]
+                    if "w" in msg:
+                        inbox = inboxes.get(i)
+                        if inbox is not None:
+                            inbox.put_nowait(msg["w"])
+                        continue
                     if "x" in msg:
                         task = tasks.pop(i, None)
                         if task is not None:
@@ -117,8 +123,13 @@ class DServeWorkerPlugin(WorkerPlugin):
                     if replica is None or not getattr(replica, "accepting", False):
                         out.send({"i": i, "g": "replica not on this worker or not accepting"})
                         continue
-                    serve = _serve_stream if msg.get("s") else _serve_unary
-                    task = asyncio.ensure_future(serve(replica, msg, out))
+                    if msg.get("ws"):
+                        inboxes[i] = inbox = asyncio.Queue()
+                        task = asyncio.ensure_future(_serve_websocket(replica, msg, inbox, out))
+                        task.add_done_callback(lambda _t, i=i: inboxes.pop(i, None))
+                    else:
+                        serve = _serve_stream if msg.get("s") else _serve_unary
+                        task = asyncio.ensure_future(serve(replica, msg, out))
                     tasks[i] = task
                     task.add_done_callback(lambda _t, i=i: tasks.pop(i, None))
         except Exception:  # the caller went away (or sent garbage)
@@ -156,6 +167,24 @@ async def _serve_stream(replica: Any, msg: dict, out: Coalescer) -> None:
         raise
     except BaseException as exc:  # noqa: BLE001
         logger.warning("stream from %s failed: %r", replica.replica_id, exc, exc_info=_is_user_error(exc))
+        out.send({"i": i, "e": pack_exception(exc)})
+    finally:
+        if items is not None:
+            await items.aclose()
+
+
+async def _serve_websocket(replica: Any, msg: dict, inbox: asyncio.Queue, out: Coalescer) -> None:
+    i = msg["i"]
+    items = None
+    try:
+        items = replica.websocket(msg["p"], inbox.get, msg.get("c"))
+        async for message in items:
+            out.send({"i": i, "c": dumps(message)})
+        out.send({"i": i, "d": 1})
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        logger.warning("WebSocket session on %s failed: %r", replica.replica_id, exc, exc_info=True)
         out.send({"i": i, "e": pack_exception(exc)})
     finally:
         if items is not None:

@@ -25,7 +25,7 @@ logger = logging.getLogger("dserve.proxy")
 ROUTES_KEY = "__routes__"
 DISCONNECT_WATCH_AFTER_S = 0.05
 _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
-               "headers", "client", "server")
+               "headers", "client", "server", "subprotocols")
 
 
 async def _send_plain(send: Any, status: int, text: str, headers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:

@@ -1,11 +1,51 @@
-"""WebSocket requests through the proxy (to a FastAPI ingress)."""
+"""WebSocket requests through the proxy, to an ASGI (e.g. FastAPI) ingress.
+
+The session is a bidirectional stream on the data plane: client events go to
+the replica as they arrive, the app's messages come back as it sends them.
+Either side closing ends both.
+"""
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, Tuple
+
+from ..exceptions import BackPressureError, DeploymentUnavailableError
+
+__all__ = ["forward_websocket"]
+
+logger = logging.getLogger("dserve.proxy")
 
 
 async def forward_websocket(proxy: Any, scope: dict, receive: Any, send: Any, route: Tuple[str, str, str]) -> None:
-    """Not supported yet: refuse the handshake cleanly."""
-    message = await receive()
-    if message["type"] == "websocket.connect":
-        await send({"type": "websocket.close", "code": 1011})
+    ctx = proxy.request_context(scope, route)
+    router = proxy.runtime.router(route[1], route[2])
+    try:
+        session = await router.websocket(proxy.forwarded_scope(scope, route), ctx)
+    except (BackPressureError, DeploymentUnavailableError):
+        await receive()  # the websocket.connect event
+        await send({"type": "websocket.close", "code": 1013})  # try again later
+        return
+
+    async def inbound() -> None:
+        while True:
+            event = await receive()
+            session.push(event)
+            if event["type"] == "websocket.disconnect":
+                return
+
+    pump = asyncio.ensure_future(inbound())
+    try:
+        async for message in session:
+            await send(message)
+            if message["type"] == "websocket.close":
+                break
+    except Exception as exc:  # noqa: BLE001 - close the socket, keep serving
+        logger.warning("WebSocket session %s failed: %r", ctx.request_id, exc)
+        try:
+            await send({"type": "websocket.close", "code": 1011})
+        except Exception:  # noqa: BLE001 - the client may be gone already
+            pass
+    finally:
+        pump.cancel()
+        await session.close()

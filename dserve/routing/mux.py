@@ -138,6 +138,20 @@ class MuxConnection:
         self._out.send({"i": i, "k": key, "m": method, "p": payload, "c": ctx, "s": 1})
         return i, queue
 
+    async def websocket(self, key: str, payload: bytes, ctx: dict) -> tuple[int, Channel]:
+        """Open a WebSocket session; the app's ASGI messages arrive on the channel."""
+        await self._ensure()
+        i = next(self._ids)
+        queue = Channel()
+        self._pending[i] = queue
+        self._out.send({"i": i, "k": key, "m": "", "p": payload, "c": ctx, "ws": 1})
+        return i, queue
+
+    def push(self, i: int, event: dict) -> None:
+        """Send a client event (``websocket.receive`` / ``websocket.disconnect``) to session ``i``."""
+        if self._out is not None:
+            self._out.send({"i": i, "w": event})
+
     def cancel(self, i: int) -> None:
         """Ask the worker to cancel request ``i`` (its reply is then dropped)."""
         target = self._pending.pop(i, None)

@@ -251,6 +251,67 @@ class Router:
             self.drop(slot)
 
 
+    async def websocket(self, scope: dict, ctx: RequestContext) -> "WebSocketSession":
+        """Open a WebSocket session on a replica (it holds one request slot while open)."""
+        wire_ctx = ctx.to_wire()
+        while True:
+            slot = await self.assign(ctx.multiplexed_model_id)
+            replica = self.runtime.local_replica(slot)
+            if replica is not None:
+                inbox: asyncio.Queue = asyncio.Queue()
+                return WebSocketSession(self, slot, replica.websocket(scope, inbox.get, wire_ctx), inbox.put_nowait)
+            conn = self.runtime.connection(slot.address)
+            try:
+                i, channel = await conn.websocket(slot.key, dumps(scope), wire_ctx)
+            except ActorDiedError:
+                self.release(slot)
+                self.drop(slot)
+                continue
+            except BaseException:
+                self.release(slot)
+                raise
+            return WebSocketSession(self, slot, _channel_items(channel, conn, i), lambda event: conn.push(i, event))
+
+
+class WebSocketSession:
+    """A WebSocket session through a router: push client events in, iterate the app's messages out."""
+
+    def __init__(self, router: Router, slot: ReplicaSlot, outbound: AsyncIterator[dict], push: Any) -> None:
+        self.router, self.slot, self.outbound, self.push = router, slot, outbound, push
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[dict]:
+        return self.outbound
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                await self.outbound.aclose()
+            finally:
+                self.router.release(self.slot)
+
+
+async def _channel_items(channel: Any, conn: Any, i: int) -> AsyncIterator[dict]:
+    finished = False
+    try:
+        while True:
+            msg = await channel.get()
+            if isinstance(msg, StreamEnd):
+                finished = True
+                raise msg.error
+            if "c" in msg:
+                yield loads(msg["c"])
+            if "d" in msg or "e" in msg or "g" in msg:
+                finished = True
+                if "e" in msg:
+                    raise unpack_exception(msg["e"])
+                return
+    finally:
+        if not finished:
+            conn.cancel(i)
+
+
 _response_type: Any = None
 
 
