@@ -44,6 +44,19 @@ def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
                     yield i
 
         return Stream.bind()
+    if kind in ("autoscale", "zero"):
+        config = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
+                  "upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "look_back_period_s": 2.0}
+        if kind == "zero":
+            config.update(min_replicas=0, initial_replicas=0, downscale_to_zero_delay_s=2.0)
+
+        @serve.deployment(max_ongoing_requests=8, autoscaling_config=config, **options)
+        class Scaled:
+            async def __call__(self, request: Any = None) -> str:
+                await asyncio.sleep(0.05)
+                return "ok"
+
+        return Scaled.bind()
     if kind in ("batched", "unbatched"):
         import time
 

@@ -29,6 +29,7 @@ def _wrk(url: str, connections: int, seconds: float) -> Dict[str, float]:
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     errors = 0
@@ -38,7 +39,7 @@ def _wrk(url: str, connections: int, seconds: float) -> Dict[str, float]:
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(x) for x in m.groups())
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors, "requests": total}
 
 
 async def _client(url: str, connections: int, seconds: float) -> Dict[str, float]:
@@ -71,6 +72,7 @@ async def _client(url: str, connections: int, seconds: float) -> Dict[str, float
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "errors": errors,
+        "requests": len(latencies),
     }
 
 

@@ -133,6 +133,82 @@ def scenario_batching(sys_: Any, seconds: float) -> None:
         emit(sys_.name, f"{kind} c64", calls_per_s=asyncio.run(drive()))
 
 
+def scenario_startup(sys_: Any) -> None:
+    """From serve.run to the first 200 (the cluster start is reported separately)."""
+    if sys_.name == "bare":
+        return
+    t0 = time.monotonic()
+    url = sys_.deploy("noop", 1)
+    wait_http(url)
+    deploy_s = time.monotonic() - t0
+    emit(sys_.name, "startup", cluster_s=sys_.cluster_start_s, run_to_first_200_s=deploy_s,
+         total_s=sys_.cluster_start_s + deploy_s)
+
+
+def _replicas(sys_: Any) -> int:
+    dep = next(iter(sys_.serve.status().applications["bench"].deployments.values()))
+    states = dep.replica_states
+    return int(states.get("RUNNING", 0))
+
+
+def scenario_autoscale(sys_: Any, seconds: float) -> None:
+    """Idle -> burst -> idle: seconds to reach the new target, to scale back, errors."""
+    import threading
+
+    if sys_.name == "bare":
+        return
+    url = sys_.deploy("autoscale", 1)
+    wait_http(url)
+    result: Dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.update(http_load(url, 32, max(seconds, 8))))
+    t0 = time.monotonic()
+    load.start()
+    up = None
+    while load.is_alive():
+        if up is None and _replicas(sys_) >= 4:
+            up = time.monotonic() - t0
+        time.sleep(0.1)
+    t1 = time.monotonic()
+    down = None
+    while time.monotonic() - t1 < 60:
+        if _replicas(sys_) == 1:
+            down = time.monotonic() - t1
+            break
+        time.sleep(0.1)
+    emit(sys_.name, "autoscale step", burst_to_4_replicas_s=up if up is not None else -1,
+         idle_to_1_replica_s=down if down is not None else -1, errors=result.get("errors", -1))
+    url = sys_.deploy("zero", 1)
+    time.sleep(1.0)
+    t = time.monotonic()
+    with httpx.Client(timeout=60) as client:
+        ok = client.get(url).status_code == 200
+    emit(sys_.name, "autoscale from zero", first_response_s=time.monotonic() - t, errors=0 if ok else 1)
+
+
+def scenario_soak(sys_: Any, seconds: float) -> None:
+    """A long run at moderate concurrency: requests, errors and RSS growth."""
+    url = sys_.deploy("noop", 1)
+    wait_http(url)
+    http_load(url, 16, 2)
+    before = _rss(sys_)
+    result = http_load(url, 16, max(seconds * 2, 8))
+    after = _rss(sys_)
+    emit(sys_.name, "soak c16", requests=result["requests"], errors=result["errors"],
+         rss_start_mib=before / 2**20, rss_end_mib=after / 2**20, rss_growth_pct=(after - before) / before * 100)
+
+
+def _rss(sys_: Any) -> int:
+    import psutil
+
+    total = 0
+    for pid in sys_.pids():
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 def scenario_memory(sys_: Any, seconds: float) -> None:
     import psutil
 
@@ -180,7 +256,7 @@ def main() -> None:
     parser.add_argument("--systems", default="dserve,bare,ray")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="http,compose,handle,stream,batch,memory,grpc")
+    parser.add_argument("--scenarios", default="startup,http,compose,handle,stream,batch,autoscale,soak,memory,grpc")
     args = parser.parse_args()
     wanted = args.scenarios.split(",")
     systems = []
@@ -206,17 +282,25 @@ def main() -> None:
         plan.append(lambda x: scenario_stream(x, s))
     if "batch" in wanted:
         plan.append(lambda x: scenario_batching(x, s))
+    if "autoscale" in wanted:
+        plan.append(lambda x: scenario_autoscale(x, s))
+    if "soak" in wanted:
+        plan.append(lambda x: scenario_soak(x, s))
     # systems run one at a time (they share 2 cores); scenarios interleave A B A B across rounds
     for _ in range(args.rounds):
         for sys_ in systems:
             sys_.start()
             if getattr(sys_, "cluster_start_s", None) is not None:
                 emit(sys_.name, "cluster_start", seconds=sys_.cluster_start_s)
+            if "startup" in wanted:
+                scenario_startup(sys_)
             for step in plan:
                 step(sys_)
             if sys_.name == "ray" and "http" in wanted:  # Ray Serve at its best setting too
                 for conns in (16, 64):
                     scenario_http_noop(sys_, s, 1, conns, max_ongoing_requests=256)
+            if sys_.name == "ray" and "handle" in wanted:
+                scenario_handle(sys_, s, max_ongoing_requests=256)
             if "memory" in wanted:
                 scenario_memory(sys_, s)
             sys_.stop()

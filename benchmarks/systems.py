@@ -64,22 +64,13 @@ class Bare:
         self.proc.wait(10)
 
 
-class DServe:
-    name = "dserve"
-    available = True
-    note = ""
+class _ServeAPI:
+    """What dserve and Ray Serve share: the same calls deploy and reach the apps."""
 
-    def start(self) -> None:
-        import dserve as serve
-
-        from . import apps
-
-        self.serve = serve
-        self.apps = apps
-        self.port = free_port()
-        t0 = time.monotonic()
-        serve.start(http_options={"port": self.port})
-        self.cluster_start_s = time.monotonic() - t0
+    serve: Any
+    apps: Any
+    port: int
+    cluster_start_s: float
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
@@ -101,11 +92,28 @@ class DServe:
         me = psutil.Process()
         return [me.pid] + [c.pid for c in me.children(recursive=True)]
 
+
+class DServe(_ServeAPI):
+    name = "dserve"
+    available = True
+    note = ""
+
+    def start(self) -> None:
+        import dserve as serve
+
+        from . import apps
+
+        self.serve, self.apps = serve, apps
+        self.port = free_port()
+        t0 = time.monotonic()
+        serve.start(http_options={"port": self.port})
+        self.cluster_start_s = time.monotonic() - t0
+
     def stop(self) -> None:
         self.serve.shutdown()
 
 
-class Ray:
+class Ray(_ServeAPI):
     name = "ray"
 
     def __init__(self) -> None:
@@ -129,26 +137,6 @@ class Ray:
         ray.init(include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"port": self.port})
         self.cluster_start_s = time.monotonic() - t0
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
-
-    def deploy(self, kind: str, replicas: int = 1, **options: Any) -> Optional[str]:
-        # a fresh app per scenario (delete first) so placement is the same every run
-        if "bench" in self.serve.status().applications:
-            self.serve.delete("bench")
-        app = self.apps.build(self.serve, kind, replicas, **options)
-        self.serve.run(app, name="bench", route_prefix="/")
-        return self.url("")
-
-    def handle(self, kind: str) -> Any:
-        return self.serve.get_app_handle("bench")
-
-    def pids(self) -> list:
-        import psutil
-
-        me = psutil.Process()
-        return [me.pid] + [c.pid for c in me.children(recursive=True)]
 
     def stop(self) -> None:
         import ray

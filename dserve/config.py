@@ -20,9 +20,23 @@ __all__ = [
     "ProxyLocation",
     "RayActorOptions",
     "DEFAULT_MAX_ONGOING_REQUESTS",
+    "validate_route_prefix",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
+
+
+def validate_route_prefix(prefix: Optional[str]) -> Optional[str]:
+    """Ray Serve's rules for a route prefix (None means: no HTTP route)."""
+    if prefix is None:
+        return prefix
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise ValueError(f'route_prefix must start with "/", got {prefix!r}')
+    if prefix != "/" and prefix.endswith("/"):
+        raise ValueError(f'route_prefix must not end with "/" unless it is "/", got {prefix!r}')
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(f"route_prefix may not contain wildcards, got {prefix!r}")
+    return prefix
 
 
 class ProxyLocation(str, enum.Enum):

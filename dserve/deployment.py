@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from pydantic import ValidationError
 
-from .config import AutoscalingConfig, DeploymentConfig
+from .config import AutoscalingConfig, DeploymentConfig, validate_route_prefix
 
 __all__ = ["deployment", "Deployment", "Application", "BuiltApplication", "BuiltDeployment", "build_application"]
 
@@ -78,17 +78,8 @@ def _check_options(options: Dict[str, Any], who: str) -> Dict[str, Any]:
         raise ValueError(f"deployment name must be a non-empty string without '#', got {name!r}")
     prefix = options.get("route_prefix", _UNSET)
     if prefix is not _UNSET and prefix is not None:
-        _check_route_prefix(prefix)
+        validate_route_prefix(prefix)
     return {k: v for k, v in options.items() if k not in _ACCEPTED_AND_IGNORED}
-
-
-def _check_route_prefix(prefix: Any) -> None:
-    if not isinstance(prefix, str) or not prefix.startswith("/"):
-        raise ValueError(f"route_prefix must start with '/', got {prefix!r}")
-    if prefix != "/" and prefix.endswith("/"):
-        raise ValueError(f"route_prefix must not end with '/' unless it is '/', got {prefix!r}")
-    if "{" in prefix or "}" in prefix:
-        raise ValueError(f"route_prefix may not contain wildcards, got {prefix!r}")
 
 
 class Deployment:
@@ -279,7 +270,7 @@ def build_application(app: Application, name: str, route_prefix: Any = _UNSET) -
     if route_prefix is _UNSET:
         route_prefix = app._bound_deployment.route_prefix or "/"
     if route_prefix is not None:
-        _check_route_prefix(route_prefix)
+        validate_route_prefix(route_prefix)
     # ingress first, then its dependencies in discovery order
     order = [ingress] + [b for b in built.values() if b is not ingress]
     return BuiltApplication(name=name, route_prefix=route_prefix, ingress=ingress.name, deployments=order)

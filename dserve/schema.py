@@ -172,18 +172,6 @@ class DeploymentSchema(_Schema):
         return out
 
 
-def _check_prefix(value: Optional[str]) -> Optional[str]:
-    if value is None:
-        return value
-    if not value.startswith("/"):
-        raise ValueError(f'route_prefix must start with "/", got {value!r}')
-    if value != "/" and value.endswith("/"):
-        raise ValueError(f'route_prefix must not end with "/" unless it is "/", got {value!r}')
-    if "{" in value or "}" in value:
-        raise ValueError(f"route_prefix may not contain wildcards, got {value!r}")
-    return value
-
-
 class ServeApplicationSchema(_Schema):
     """One application: where its code is, its route and per-deployment overrides."""
 
@@ -201,7 +189,9 @@ class ServeApplicationSchema(_Schema):
     @field_validator("route_prefix")
     @classmethod
     def _prefix(cls, value: Optional[str]) -> Optional[str]:
-        return _check_prefix(value)
+        from .config import validate_route_prefix
+
+        return validate_route_prefix(value)
 
     @field_validator("import_path")
     @classmethod

@@ -41,16 +41,8 @@ async def serve_grpc(replica: Any, method: str, request: Any, metadata: List[Tup
                 yield ("msg", item)
             yield LastItem(("end", None, context.state(), None))
         elif kind == "gen":
-            gen = await replica._run_sync(call)
-            done = object()
-            try:
-                while True:
-                    item = await replica._run_sync(next, gen, done)
-                    if item is done:
-                        break
-                    yield ("msg", item)
-            finally:
-                gen.close()
+            async for item in replica.iterate_sync(call):
+                yield ("msg", item)
             yield LastItem(("end", None, context.state(), None))
         else:
             result = await call() if kind == "async" else await replica._run_sync(call)

@@ -124,6 +124,19 @@ class ReplicaActor:
         ctx = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn, *args))
 
+    async def iterate_sync(self, make_generator: Callable[[], Any]) -> AsyncIterator[Any]:
+        """Step a sync generator in this replica's thread pool, one item at a time."""
+        gen = await self._run_sync(make_generator)
+        done = object()
+        try:
+            while True:
+                item = await self._run_sync(next, gen, done)
+                if item is done:
+                    return
+                yield item
+        finally:
+            gen.close()
+
     async def _reconfigure(self, user_config: Any) -> None:
         method = None if inspect.isfunction(self.servable) else getattr(self.servable, "reconfigure", None)
         if method is None:
@@ -296,15 +309,7 @@ class ReplicaActor:
                     finally:
                         await agen.aclose()
                 else:
-                    gen = await self._run_sync(functools.partial(fn, *args, **kwargs))
-                    done = object()
-                    try:
-                        while True:
-                            item = await self._run_sync(next, gen, done)
-                            if item is done:
-                                break
-                            yield item
-                    finally:
-                        gen.close()
+                    async for item in self.iterate_sync(functools.partial(fn, *args, **kwargs)):
+                        yield item
         finally:
             self._exit()
