@@ -115,3 +115,17 @@ def test_v1_single_app_and_mode_exclusion(rest):
     assert httpx.get(f"{proxy_url()}/").json()["text"] == "hello"
     assert rest.delete("/api/serve/deployments/").status_code == 200
     assert rest.get("/api/serve/deployments/status").json()["app_status"]["status"] == "NOT_STARTED"
+
+
+@pytest.mark.slow
+def test_runtime_env_vars_apply_cluster_wide(rest):
+    config = {"applications": [{"name": "env", "route_prefix": "/env", "import_path": "config_apps:env_app",
+                                "runtime_env": {"env_vars": {"DSERVE_TEST_RUNTIME_ENV": "from-config"}}}]}
+    assert rest.put("/api/serve/applications/", json=config).status_code == 200
+    wait_for(lambda: app_status(rest, "env") == "RUNNING", timeout=120, what="the app RUNNING after worker restarts")
+    wait_for(lambda: httpx.get(f"{proxy_url()}/env", timeout=10).json()["value"] == "from-config", timeout=60,
+             what="the env var visible in the replica")
+    bad = {"applications": [{"name": "env", "import_path": "config_apps:env_app", "runtime_env": {"conda": "x"}}]}
+    r = rest.put("/api/serve/applications/", json=bad)
+    assert r.status_code == 400 and "conda" in r.json()["error"]
+    rest.delete("/api/serve/applications/")

@@ -24,6 +24,11 @@ logger = logging.getLogger("dserve.proxy")
 
 ROUTES_KEY = "__routes__"
 DISCONNECT_WATCH_AFTER_S = 0.05
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class _HeadersTooLarge(Exception):
+    pass
 _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
                "headers", "client", "server", "subprotocols")
 
@@ -99,11 +104,15 @@ class HTTPProxy:
 
     def request_context(self, scope: dict, route: Tuple[str, str, str]) -> RequestContext:
         request_id = model_id = ""
+        size = 0
         for name, value in scope["headers"]:
+            size += len(name) + len(value)
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
             elif name == b"serve_multiplexed_model_id":
                 model_id = value.decode("latin-1")
+        if size > MAX_HEADER_BYTES:
+            raise _HeadersTooLarge(size)
         return RequestContext(request_id or new_request_id(), route[0], route[1], model_id)
 
     def forwarded_scope(self, scope: dict, route: Tuple[str, str, str]) -> dict:
@@ -122,7 +131,11 @@ class HTTPProxy:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-        ctx = self.request_context(scope, route)
+        try:
+            ctx = self.request_context(scope, route)
+        except _HeadersTooLarge as exc:
+            await _send_plain(send, 431, f"Request headers are {exc.args[0]} bytes; the limit is {MAX_HEADER_BYTES}.")
+            return
         rid_header = (b"x-request-id", ctx.request_id.encode())
         state = {"started": False, "disconnected": False}
         task = asyncio.current_task()

@@ -18,7 +18,12 @@ logger = logging.getLogger("dserve.proxy")
 
 
 async def forward_websocket(proxy: Any, scope: dict, receive: Any, send: Any, route: Tuple[str, str, str]) -> None:
-    ctx = proxy.request_context(scope, route)
+    try:
+        ctx = proxy.request_context(scope, route)
+    except Exception:  # noqa: BLE001 - headers over the limit
+        await receive()
+        await send({"type": "websocket.close", "code": 1009})
+        return
     router = proxy.runtime.router(route[1], route[2])
     try:
         session = await router.websocket(proxy.forwarded_scope(scope, route), ctx)

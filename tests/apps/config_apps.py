@@ -23,3 +23,11 @@ greeter_app = Greeter.bind()
 
 def builder(args):
     return Greeter.bind(args.get("greeting", "hi"))
+
+
+@serve.deployment
+def env_reader(request):
+    return {"value": os.environ.get("DSERVE_TEST_RUNTIME_ENV", "")}
+
+
+env_app = env_reader.bind()
