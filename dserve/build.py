@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import sys
 import traceback
 from typing import Any, Dict, Optional
 
@@ -27,12 +28,14 @@ __all__ = ["application_spec", "import_application", "build_from_config"]
 
 def application_spec(app: Application, name: str, route_prefix: Any = _UNSET,
                      overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-                     code_by_value: bool = True) -> ApplicationSpec:
+                     version_from_source: bool = False) -> ApplicationSpec:
     """Serialize every deployment of ``app`` (code, constructor args, options).
 
-    ``code_by_value=False`` ships user modules by reference: right when they
-    were imported from an import path on a worker, and it keeps the code
-    version stable across rebuilds (so a config change reconfigures in place).
+    User modules that are not installed packages ship by value, so every
+    worker runs the code as it was when this spec was built.
+    ``version_from_source`` derives code versions from the module's source
+    file instead of the pickled bytes: stable across processes and rebuilds
+    (a config change then reconfigures in place) and new when the file changes.
     """
     built = build_application(app, name, route_prefix)
     overrides = dict(overrides or {})
@@ -42,9 +45,9 @@ def application_spec(app: Application, name: str, route_prefix: Any = _UNSET,
         if bd.name in overrides:
             deployment = deployment.options(**overrides.pop(bd.name))
         target = deployment.func_or_class
-        code = dumps_code(target) if code_by_value else cloudpickle.dumps(target)
+        code = dumps_code(target)
         init = cloudpickle.dumps((bd.args, bd.kwargs))
-        identity = code if code_by_value else _source_identity(target)
+        identity = _source_identity(target) if version_from_source else code
         version = hashlib.sha1(identity + b"\0" + init).hexdigest()[:16]
         deployments.append(DeploymentSpec(bd.name, code, init, deployment.config, version, bd.is_ingress))
     if overrides:
@@ -71,13 +74,17 @@ def _source_identity(target: Any) -> bytes:
     return name + b"\0" + hashlib.sha1(source).digest()
 
 
-def import_application(import_path: str, args: Optional[Dict[str, Any]] = None) -> Application:
-    """Import ``module:attribute`` (or ``module.attribute``) as an Application."""
+def import_application(import_path: str, args: Optional[Dict[str, Any]] = None, fresh: bool = False) -> Application:
+    """Import ``module:attribute`` (or ``module.attribute``) as an Application.
+    ``fresh`` re-executes an already imported module (its file may have changed)."""
     if ":" in import_path:
         module_name, _, attr = import_path.partition(":")
     else:
         module_name, _, attr = import_path.rpartition(".")
-    module = importlib.import_module(module_name)
+    if fresh and module_name in sys.modules:
+        module = importlib.reload(sys.modules[module_name])
+    else:
+        module = importlib.import_module(module_name)
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part)
@@ -105,9 +112,9 @@ def build_from_config(app_config: Dict[str, Any]) -> Dict[str, Any]:
 
     try:
         schema = ServeApplicationSchema.model_validate(app_config)
-        app = import_application(schema.import_path, schema.args)
+        app = import_application(schema.import_path, schema.args, fresh=True)
         overrides = {d.name: d.options() for d in schema.deployments}
-        spec = application_spec(app, schema.name, schema.route_prefix, overrides, code_by_value=False)
+        spec = application_spec(app, schema.name, schema.route_prefix, overrides, version_from_source=True)
         spec.source = {"config": schema.model_dump(mode="json", exclude_unset=True)}
         return {"spec": cloudpickle.dumps(spec)}
     except BaseException as exc:  # noqa: BLE001 - reported as DEPLOY_FAILED with the traceback

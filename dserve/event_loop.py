@@ -23,9 +23,14 @@ def set_process_worker(worker) -> None:
 
 
 def worker_or_none():
-    """The Dask worker this process serves as, if any."""
+    """The Dask worker this process serves as, if any (a closed one no longer counts)."""
+    global _process_worker
     if _process_worker is not None:
-        return _process_worker
+        from distributed.core import Status
+
+        if _process_worker.status not in (Status.closing, Status.closed, Status.failed):
+            return _process_worker
+        _process_worker = None
     try:
         from distributed import get_worker
 

@@ -99,3 +99,45 @@ def test_run_serves_until_interrupted(env):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Shutting down" in out
+
+
+@pytest.mark.slow
+def test_run_reload_redeploys_changed_code(tmp_path, env):
+    app_dir = tmp_path / "proj"
+    app_dir.mkdir()
+    source = (
+        "import dserve as serve\n\n"
+        "@serve.deployment\n"
+        "def hello(request):\n"
+        "    return 'VERSION'\n\n"
+        "app = hello.bind()\n"
+    )
+    (app_dir / "reload_app.py").write_text(source.replace("VERSION", "one"))
+    port = free_port()
+    env = dict(env, DASK_DSERVE__REST_PORT="0")
+    proc = subprocess.Popen([sys.executable, "-m", "dserve.cli", "run", "reload_app:app", "--reload",
+                             "--http-port", str(port)], cwd=app_dir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text == "one", timeout=90,
+                 interval=0.3, what="the first version")
+        time.sleep(1.1)  # a new mtime
+        (app_dir / "reload_app.py").write_text(source.replace("VERSION", "two"))
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text == "two", timeout=90,
+                 interval=0.3, what="the reloaded version")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert "Files changed; redeploying." in out, err
+
+
+def test_start_with_address_installs_dserve_on_an_existing_cluster(env):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        http_port = free_port()
+        result = dserve("start", "--address", cluster.scheduler_address, "--http-port", str(http_port),
+                        "--proxy-location", "Disabled", env=dict(env, DASK_DSERVE__REST_PORT="-1"))
+        assert "running on the Dask cluster" in result.stdout
+        assert "dserve-controller" in cluster.scheduler.plugins
