@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Callable
+
+import httpx
 
 import dask
 import pytest
@@ -65,3 +68,42 @@ def clean(serve_instance):
     yield serve_instance
     for name in list(serve.status().applications):
         serve.delete(name)
+
+
+class HTTPLoad:
+    """Threads sending GET requests until stopped, with exact accounting:
+    ``results`` holds the bodies of 200s, ``failures`` (status or "client", text) of the rest."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.sent = 0
+        self.results: list = []
+        self.failures: list = []
+        self.lock = threading.Lock()
+        self.stop_flag = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    @property
+    def ok(self) -> int:
+        return len(self.results)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stop_flag.is_set():
+                with self.lock:
+                    self.sent += 1
+                try:
+                    r = client.get(self.url)
+                    outcome = (self.results, r.text) if r.status_code == 200 else (self.failures, (r.status_code, r.text[:200]))
+                except httpx.HTTPError as exc:
+                    outcome = (self.failures, ("client", repr(exc)))
+                with self.lock:
+                    outcome[0].append(outcome[1])
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join()
+        assert self.sent == len(self.results) + len(self.failures)

@@ -3,14 +3,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 
 import dserve as serve
-from conftest import free_port, wait_for
+from conftest import HTTPLoad, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -80,40 +79,6 @@ class Work:
         os._exit(1)
 
 
-class Load:
-    """A bounded HTTP load with exact accounting of sent, succeeded and failed requests."""
-
-    def __init__(self, url, threads=4):
-        self.url, self.sent, self.ok, self.failed = url, 0, 0, []
-        self.stop_flag = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
-
-    def run(self):
-        with httpx.Client(timeout=30) as client:
-            while not self.stop_flag.is_set():
-                with self.lock:
-                    self.sent += 1
-                try:
-                    r = client.get(self.url)
-                    with self.lock:
-                        if r.status_code == 200:
-                            self.ok += 1
-                        else:
-                            self.failed.append((r.status_code, r.text[:200]))
-                except httpx.HTTPError as exc:
-                    with self.lock:
-                        self.failed.append(("client", repr(exc)))
-
-    def stop(self):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join()
-        assert self.sent == self.ok + len(self.failed)
-
-
 def test_kill_9_a_replica_worker_under_load(cluster):
     serve.run(Work.bind(), address=cluster.address, route_prefix="/work")
     pids = cluster.wait_workers(2)
@@ -124,15 +89,15 @@ def test_kill_9_a_replica_worker_under_load(cluster):
     proxy_addr = next(iter(_sync(rt, rt.rpc("dserve_status"))["proxy_details"].values()))["worker"]
     victim_pid = next(pid for addr, pid in pids.items() if addr != proxy_addr)
     url = f"http://127.0.0.1:{cluster.http_port}/work"
-    load = Load(url)
+    load = HTTPLoad(url)
     wait_for(lambda: load.ok > 200, timeout=30, what="load to run")
     os.kill(victim_pid, signal.SIGKILL)
     before = load.ok
     wait_for(lambda: load.ok > before + 300, timeout=60, what="requests to keep succeeding after the kill")
     load.stop()
     # only requests executing on the killed replica may fail (at most its max_ongoing_requests)
-    assert len(load.failed) <= 8, load.failed
-    assert all(code == 500 and "ActorDiedError" in text for code, text in load.failed), load.failed
+    assert len(load.failures) <= 8, load.failures
+    assert all(code == 500 and "ActorDiedError" in text for code, text in load.failures), load.failures
     wait_for(lambda: serve.status().applications["default"].deployments["Work"].replica_states.get("RUNNING") == 2,
              timeout=60, what="the lost replica replaced")
 
