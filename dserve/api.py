@@ -68,14 +68,16 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
             _sync(runtime, runtime.rpc("dserve_start", options=options), timeout=60)
         return runtime
     scheduler_address = _cluster.find_address(address)
+    options = dict(options or {})
     if scheduler_address is None:
         if worker_or_none() is not None:
             raise RayServeException("inside a Dask worker, dserve uses the worker's own scheduler")
         _owned_cluster = _cluster.start_embedded_cluster()
         scheduler_address = _owned_cluster.scheduler_address
+        options["embedded"] = True  # lives and dies with this process: no state file needed
     runtime = Runtime(scheduler_address, home_loop())
     try:
-        _sync(runtime, _ensure_controller(runtime, options or {}), timeout=60)
+        _sync(runtime, _ensure_controller(runtime, options), timeout=60)
     except BaseException:
         _sync(runtime, runtime.close())
         raise

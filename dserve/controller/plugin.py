@@ -143,8 +143,10 @@ class Controller(SchedulerPlugin):
     def _restore(self) -> None:
         path = self.state_path
         if not path:
-            logger.warning("dserve: no state path set (--dserve-state-path, dask config dserve.state-path or "
-                           "DSERVE_STATE_PATH); applications live in memory only and a scheduler restart loses them")
+            if not self.options.get("embedded"):
+                logger.warning("dserve: no state path set (--dserve-state-path, dask config dserve.state-path or "
+                               "DSERVE_STATE_PATH); applications live in memory only and a scheduler restart "
+                               "loses them")
             return
         state = checkpoint.load(path)
         if not state:
