@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from distributed.core import ConnectionPool
 
 from .context import new_request_id
-from .event_loop import home_loop, worker_or_none
+from .event_loop import worker_or_none
 from .routing.mux import MuxConnection
 from .routing.router import Router
 

@@ -50,7 +50,7 @@ def proxy_details() -> dict:
 def proxy_url() -> str:
     """The URL of the (single) HTTP proxy, once it is HEALTHY."""
     healthy = wait_for(lambda: [p for p in proxy_details().values() if p["status"] == "HEALTHY"],
-                       timeout=30, what=f"a healthy proxy")
+                       timeout=30, what="a healthy proxy")
     return f"http://127.0.0.1:{healthy[0]['port']}"
 
 

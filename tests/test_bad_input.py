@@ -1,5 +1,4 @@
 """Bad input affects only its own request or replica; everything else keeps serving."""
-import asyncio
 import threading
 
 import httpx

@@ -42,7 +42,7 @@ def test_port_in_use_gives_a_status_message_not_a_dead_worker(serve_instance):
                            what="an unhealthy proxy")
         assert "already in use" in details[0]["message"]
         # the worker still hosts replicas
-        h = serve.run(Sleepy.bind(), name="sleepy2", route_prefix="/s2")
+        serve.run(Sleepy.bind(), name="sleepy2", route_prefix="/s2")
         assert serve.status().applications["sleepy2"].status == "RUNNING"
     finally:
         blocker.close()

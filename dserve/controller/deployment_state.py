@@ -91,10 +91,8 @@ class DeploymentState:
         old = self.spec
         self.spec = spec
         self.deleting = False
-        if spec.config.autoscaling_config is None:
-            self.target = spec.config.initial_target()
-        elif old.config.autoscaling_config is None:
-            self.target = spec.config.initial_target()
+        if spec.config.autoscaling_config is None or old.config.autoscaling_config is None:
+            self.target = spec.config.initial_target()  # an autoscaled deployment keeps its current target
         if (
             spec.code_version != old.code_version
             or spec.config.max_ongoing_requests != old.config.max_ongoing_requests
