@@ -274,18 +274,11 @@ def main() -> None:
         for replicas in (1, 2):
             for conns in (16, 64):
                 plan.append(lambda x, r=replicas, c=conns: scenario_http_noop(x, s, r, c))
-    if "compose" in wanted:
-        plan.append(lambda x: scenario_http_compose(x, s))
-    if "handle" in wanted:
-        plan.append(lambda x: scenario_handle(x, s))
-    if "stream" in wanted:
-        plan.append(lambda x: scenario_stream(x, s))
-    if "batch" in wanted:
-        plan.append(lambda x: scenario_batching(x, s))
-    if "autoscale" in wanted:
-        plan.append(lambda x: scenario_autoscale(x, s))
-    if "soak" in wanted:
-        plan.append(lambda x: scenario_soak(x, s))
+    simple = {"compose": scenario_http_compose, "handle": scenario_handle, "stream": scenario_stream,
+              "batch": scenario_batching, "autoscale": scenario_autoscale, "soak": scenario_soak}
+    for key, scenario in simple.items():
+        if key in wanted:
+            plan.append(lambda x, f=scenario: f(x, s))
     # systems run one at a time (they share 2 cores); scenarios interleave A B A B across rounds
     for _ in range(args.rounds):
         for sys_ in systems:

@@ -20,10 +20,18 @@ __all__ = [
     "ProxyLocation",
     "RayActorOptions",
     "DEFAULT_MAX_ONGOING_REQUESTS",
+    "validate_num_replicas",
     "validate_route_prefix",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
+
+
+def validate_num_replicas(value: Any) -> Any:
+    """``num_replicas`` is an int >= 0, "auto" or None."""
+    if isinstance(value, int) and value < 0:
+        raise ValueError("num_replicas must be >= 0")
+    return value
 
 
 def validate_route_prefix(prefix: Optional[str]) -> Optional[str]:
@@ -153,9 +161,7 @@ class DeploymentConfig(_Strict):
     @field_validator("num_replicas")
     @classmethod
     def _num_replicas(cls, value: Any) -> Any:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("num_replicas must be >= 0")
-        return value
+        return validate_num_replicas(value)
 
     @field_validator("max_queued_requests")
     @classmethod

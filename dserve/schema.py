@@ -116,6 +116,11 @@ class ServeStatus(BaseModel):
 # ---------------------------------------------------------------------------
 
 
+def _repeated(values: List[Any]) -> List[Any]:
+    """The values that occur more than once, sorted."""
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -154,9 +159,9 @@ class DeploymentSchema(_Schema):
     @field_validator("num_replicas")
     @classmethod
     def _replicas(cls, value: Any) -> Any:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("num_replicas must be >= 0")
-        return value
+        from .config import validate_num_replicas
+
+        return validate_num_replicas(value)
 
     @model_validator(mode="after")
     def _exclusive(self) -> "DeploymentSchema":
@@ -218,8 +223,7 @@ class ServeApplicationSchema(_Schema):
     @field_validator("deployments")
     @classmethod
     def _unique_deployments(cls, value: List[DeploymentSchema]) -> List[DeploymentSchema]:
-        names = [d.name for d in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = _repeated([d.name for d in value])
         if dupes:
             raise ValueError(f"deployment names must be unique within an application, repeated: {dupes}")
         return value
@@ -263,12 +267,10 @@ class ServeDeploySchema(_Schema):
     @field_validator("applications")
     @classmethod
     def _unique(cls, value: List[ServeApplicationSchema]) -> List[ServeApplicationSchema]:
-        names = [a.name for a in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = _repeated([a.name for a in value])
         if dupes:
             raise ValueError(f"application names must be unique, repeated: {dupes}")
-        prefixes = [a.route_prefix for a in value if a.route_prefix is not None]
-        dupes = sorted({p for p in prefixes if prefixes.count(p) > 1})
+        dupes = _repeated([a.route_prefix for a in value if a.route_prefix is not None])
         if dupes:
             raise ValueError(f"route prefixes must be unique across applications, repeated: {dupes}")
         return value
