@@ -21,7 +21,8 @@ from .deployment import _UNSET, Application
 from .event_loop import home_loop, in_loop_thread, worker_or_none
 from .exceptions import DeploymentFailedError, RayServeException
 from .handle import DeploymentHandle
-from .runtime import Runtime, current_runtime, get_runtime, set_runtime
+from .local_testing import local_ingress, run_local
+from .runtime import Runtime, current_runtime, get_runtime, set_connector, set_runtime
 from .schema import ServeStatus
 from .serialization import dumps
 
@@ -95,6 +96,9 @@ def _connect_existing() -> Runtime:
     return _connect(address)
 
 
+set_connector(_connect_existing)
+
+
 def _options(http_options: Any, grpc_options: Any, proxy_location: Any) -> Dict[str, Any]:
     opts: Dict[str, Any] = {}
     if http_options is not None:
@@ -157,8 +161,6 @@ def run(
     """Deploy an application (replacing one of the same name) and return its ingress handle
     once it is RUNNING."""
     if _local_testing_mode:
-        from .local_testing import run_local
-
         return run_local(target, name, route_prefix)
     spec = application_spec(target, name, route_prefix)
     runtime = _connect(address)
@@ -199,12 +201,9 @@ def shutdown() -> None:
     if runtime is not None:
         try:
             _sync(runtime, runtime.close(), timeout=10)
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - its loop may be gone with the cluster
+            logger.info("dserve shutdown: closing the runtime: %r", exc)
     set_runtime(None)
-    from . import local_testing
-
-    local_testing.clear()
     if _owned_cluster is not None:
         cluster, _owned_cluster = _owned_cluster, None
         cluster.close()
@@ -214,9 +213,7 @@ def get_app_handle(name: str) -> DeploymentHandle:
     """A handle to an application's ingress deployment."""
     runtime = get_runtime()
     if not runtime.scheduler_address:  # local testing mode
-        from .local_testing import ingress_of
-
-        return DeploymentHandle(ingress_of(name), name)
+        return DeploymentHandle(local_ingress(runtime, name), name)
     if in_loop_thread(runtime.loop):
         raise RayServeException(
             "serve.get_app_handle() blocks; in async replica code use "

@@ -17,11 +17,10 @@ from typing import Any, Dict, Optional
 
 import cloudpickle
 
-from .controller.application_state import ApplicationSpec
-from .controller.deployment_state import DeploymentSpec
 from .deployment import _UNSET, Application, Deployment, build_application
 from .ingress import ASGI_APP_ATTR
 from .serialization import dumps_code
+from .spec import ApplicationSpec, DeploymentSpec
 
 __all__ = ["application_spec", "import_application", "build_from_config"]
 

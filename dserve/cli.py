@@ -7,10 +7,7 @@ with a one-line message and a non-zero exit code, never a traceback.
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -19,25 +16,12 @@ import click
 import httpx
 import yaml
 
+from . import launcher
+from .config import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REST_PORT
+
 __all__ = ["cli"]
 
-DEFAULT_REST = "http://127.0.0.1:52365"
-
-
-def _home() -> str:
-    return os.environ.get("DSERVE_HOME", os.path.join(os.path.expanduser("~"), ".dserve"))
-
-
-def _state_file() -> str:
-    return os.path.join(_home(), "cluster.json")
-
-
-def _launched() -> Optional[Dict[str, Any]]:
-    try:
-        with open(_state_file()) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+DEFAULT_REST = f"http://{DEFAULT_HOST}:{DEFAULT_REST_PORT}"
 
 
 def _rest_address(address: Optional[str]) -> str:
@@ -46,7 +30,7 @@ def _rest_address(address: Optional[str]) -> str:
     env = os.environ.get("DSERVE_REST_ADDRESS")
     if env:
         return env.rstrip("/")
-    launched = _launched()
+    launched = launcher.launched()
     if launched and launched.get("rest_address"):
         return launched["rest_address"]
     return DEFAULT_REST
@@ -129,14 +113,14 @@ def cli() -> None:
 
 @cli.command(help="Start dserve on a Dask cluster (or launch a detached local one) and return.")
 @click.option("--address", default=None, help="Scheduler address (tcp://host:8786). Without it a local cluster is launched.")
-@click.option("--http-host", default="127.0.0.1", show_default=True)
-@click.option("--http-port", default=8000, type=int, show_default=True)
+@click.option("--http-host", default=DEFAULT_HOST, show_default=True)
+@click.option("--http-port", default=DEFAULT_HTTP_PORT, type=int, show_default=True)
 @click.option("--proxy-location", default="EveryNode", show_default=True,
               type=click.Choice(["EveryNode", "HeadOnly", "Disabled"], case_sensitive=False))
-@click.option("--grpc-port", default=9000, type=int, show_default=True)
+@click.option("--grpc-port", default=DEFAULT_GRPC_PORT, type=int, show_default=True)
 @click.option("--grpc-servicer-functions", multiple=True,
               help="Import path of an add_XServicer_to_server function (repeatable); enables the gRPC proxy.")
-@click.option("--rest-port", default=52365, type=int, show_default=True, help="REST admin API port (launched clusters).")
+@click.option("--rest-port", default=DEFAULT_REST_PORT, type=int, show_default=True, help="REST admin API port (launched clusters).")
 @click.option("--n-workers", default=2, type=int, show_default=True, help="Workers of a launched cluster.")
 @click.option("--nthreads", default=4, type=int, show_default=True, help="Threads (CPU slots) per launched worker.")
 def start(address: Optional[str], http_host: str, http_port: int, proxy_location: str, grpc_port: int,
@@ -153,60 +137,17 @@ def start(address: Optional[str], http_host: str, http_port: int, proxy_location
             raise click.ClickException(f"could not start dserve on {address}: {exc}") from None
         click.echo(f"dserve is running on the Dask cluster at {address}.")
         return
-    if _launched():
-        raise click.ClickException(f"a cluster launched by `dserve start` is already running ({_launched()['address']}); "
+    if launcher.launched():
+        raise click.ClickException(f"a cluster launched by `dserve start` is already running ({launcher.launched()['address']}); "
                                    "run `dserve shutdown` first")
-    _launch_local(http_host, http_port, proxy_location, rest_port, n_workers, nthreads, grpc_options)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch_local(http_host: str, http_port: int, proxy_location: str, rest_port: int, n_workers: int,
-                  nthreads: int, grpc_options: Dict[str, Any]) -> None:
-    os.makedirs(_home(), exist_ok=True)
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    log = open(os.path.join(_home(), "cluster.log"), "ab")
-    common = dict(stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    pids = []
-    scheduler = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--dashboard-address", ":0", "--preload", "dserve", "--dserve-http-host", http_host,
-         "--dserve-http-port", str(http_port), "--dserve-proxy-location", proxy_location,
-         "--dserve-rest-port", str(rest_port)], **common)
-    pids.append(scheduler.pid)
-    rest_address = f"http://127.0.0.1:{rest_port}"
-    state = {"address": address, "rest_address": rest_address, "pids": pids}
-    if grpc_options["grpc_servicer_functions"]:
-        common["env"] = dict(os.environ, DASK_DSERVE__GRPC_OPTIONS=json.dumps(grpc_options))
-    with open(_state_file(), "w") as f:
-        json.dump(state, f)
-    for _ in range(n_workers):
-        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
-                                   str(nthreads), "--host", "127.0.0.1"], **common)
-        pids.append(worker.pid)
-        with open(_state_file(), "w") as f:
-            json.dump(state, f)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(rest_address + "/api/serve/applications/", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if scheduler.poll() is not None:
-            raise click.ClickException(f"the scheduler exited; see {os.path.join(_home(), 'cluster.log')}")
-        time.sleep(0.2)
-    else:
-        raise click.ClickException(f"the REST API did not come up at {rest_address}")
-    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler: {address}\n  REST API:  {rest_address}\n"
-               f"  HTTP:      http://{http_host}:{http_port}\nStop it with `dserve shutdown`.")
+    try:
+        state = launcher.launch_local(http_host, http_port, proxy_location, rest_port, n_workers, nthreads,
+                                      grpc_options)
+    except launcher.LaunchError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler: {state['address']}\n"
+               f"  REST API:  {state['rest_address']}\n  HTTP:      http://{http_host}:{http_port}\n"
+               "Stop it with `dserve shutdown`.")
 
 
 @cli.command(help="Deploy a config file (or an import path) through the REST API.")
@@ -274,45 +215,17 @@ def shutdown(address: Optional[str], yes: bool) -> None:
     if not yes:
         click.confirm(f"Shut down dserve at {_rest_address(address)} (every application will be deleted)?",
                       abort=True)
-    launched = _launched() if address is None else None
+    record = launcher.launched() if address is None else None
     try:
         _request("DELETE", address, "/api/serve/applications/")
     except click.ClickException:
-        if launched is None:
+        if record is None:
             raise
-    if launched is not None:
-        for pid in reversed(launched.get("pids", [])):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + 15
-        for pid in launched.get("pids", []):
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
-            if _alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        os.remove(_state_file())
+    if record is not None:
+        launcher.stop_launched(record)
         click.echo("Shut down dserve and the cluster `dserve start` launched.")
     else:
         click.echo("Shut down dserve (every application deleted).")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
 
 
 @cli.command(help="Run an application (config file or import path) in the foreground; Ctrl-C tears it down.")
@@ -406,9 +319,9 @@ def build(import_paths: tuple, output_path: Optional[str], grpc_servicer_functio
             deployments.append(options)
         applications.append({"name": name, "route_prefix": "/" if len(import_paths) == 1 else f"/{name}",
                              "import_path": path, "runtime_env": {}, "deployments": deployments})
-    config: Dict[str, Any] = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": 8000}}
+    config: Dict[str, Any] = {"proxy_location": "EveryNode", "http_options": {"host": DEFAULT_HOST, "port": DEFAULT_HTTP_PORT}}
     if grpc_servicer_functions:
-        config["grpc_options"] = {"port": 9000, "grpc_servicer_functions": list(grpc_servicer_functions)}
+        config["grpc_options"] = {"port": DEFAULT_GRPC_PORT, "grpc_servicer_functions": list(grpc_servicer_functions)}
     config["applications"] = applications
     text = yaml.safe_dump(config, sort_keys=False)
     if output_path:

@@ -20,11 +20,30 @@ __all__ = [
     "ProxyLocation",
     "RayActorOptions",
     "DEFAULT_MAX_ONGOING_REQUESTS",
+    "DEFAULT_HOST",
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_GRPC_PORT",
+    "DEFAULT_REST_PORT",
     "validate_num_replicas",
     "validate_route_prefix",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
+
+# ---- every default dserve's processes use, in one place ----
+DEFAULT_HOST = "127.0.0.1"  # nothing listens beyond loopback unless asked
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 9000
+DEFAULT_REST_PORT = 52365  # the REST admin API on the scheduler (Ray's dashboard port)
+LONG_POLL_TIMEOUT_S = 20.0  # a router's long poll returns at least this often
+METRICS_PUSH_PERIOD_S = 0.5  # replicas and routers report load this often
+RECONCILE_TICK_S = 0.5  # the controller reconciles at least this often
+RECONCILE_BACKOFF_MAX_S = 30.0  # a deployment whose step keeps failing is retried at least this often
+CONTROL_CALL_TIMEOUT_S = 30.0  # controller -> replica calls (reconfigure)
+HEALTH_CHECK_FAILURE_THRESHOLD = 3  # failed checks in a row before a replica is replaced
+PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
+PROXY_START_WAIT_S = 15.0  # serve.start waits this long for proxies to come up
+DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
 
 
 def validate_num_replicas(value: Any) -> Any:
@@ -218,8 +237,8 @@ class DeploymentConfig(_Strict):
 class HTTPOptions(_Strict):
     """HTTP proxy options (Ray Serve's defaults)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535)
     root_path: str = ""
     request_timeout_s: Optional[PositiveFloat] = None
     keep_alive_timeout_s: PositiveFloat = 90.0
@@ -232,6 +251,6 @@ class HTTPOptions(_Strict):
 class gRPCOptions(_Strict):  # noqa: N801 - Ray Serve's name
     """gRPC proxy options; the gRPC proxy starts only when servicer functions are given."""
 
-    port: int = Field(9000, ge=0, le=65535)
+    port: int = Field(DEFAULT_GRPC_PORT, ge=0, le=65535)
     grpc_servicer_functions: List[str] = Field(default_factory=list)
     request_timeout_s: Optional[PositiveFloat] = None

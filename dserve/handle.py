@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, AsyncIterator, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterator, Optional, Tuple, Union
 
 from .context import RequestContext, get_request_context, new_request_id
 from .event_loop import in_loop_thread
 from .exceptions import RequestCancelledError
+from .runtime import get_runtime
 
 __all__ = [
     "DeploymentHandle",
@@ -255,8 +256,6 @@ class DeploymentHandle:
 
     def remote(self, *args: Any, **kwargs: Any) -> Union[DeploymentResponse, DeploymentResponseGenerator]:
         """Send a request; returns at once with a response (or a generator when streaming)."""
-        from .runtime import get_runtime
-
         runtime = get_runtime()
         loop = runtime.loop
         ctx = self._context()
@@ -265,15 +264,30 @@ class DeploymentHandle:
             queue: asyncio.Queue = asyncio.Queue()
 
             async def stream_call() -> None:
-                await _pump(runtime.router(app, dep).stream(method, args, kwargs, ctx), queue)
+                a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
+                await _pump(runtime.router(app, dep).stream(method, a, k, ctx), queue)
 
             task = _submit(stream_call(), loop)
             return DeploymentResponseGenerator(queue, task, loop, ctx.request_id)
 
         async def call() -> Any:
-            return await runtime.router(app, dep).call(method, args, kwargs, ctx)
+            a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
+            return await runtime.router(app, dep).call(method, a, k, ctx)
 
         return DeploymentResponse(_submit(call(), loop), ctx.request_id)
+
+
+def _has_responses(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(a, DeploymentResponse) for a in args) or any(
+        isinstance(v, DeploymentResponse) for v in kwargs.values()
+    )
+
+
+async def _resolve_responses(args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
+    """Replace DeploymentResponse arguments by their results (chained calls)."""
+    args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
+    kwargs = {k: (await v if isinstance(v, DeploymentResponse) else v) for k, v in kwargs.items()}
+    return args, kwargs
 
 
 def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> _Future:

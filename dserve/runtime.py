@@ -1,10 +1,15 @@
 """The per-process connection to a dserve instance.
 
 A ``Runtime`` knows the scheduler (where the controller lives), owns this
-process's routers and mux connections, and keeps the routers' replica sets
-current with one long poll to the controller. Drivers get one from
-``serve.start``/``serve.run``; worker processes (replicas, proxies, Dask tasks)
-create theirs lazily on the worker's own event loop.
+process's routers and data-plane connections, and keeps the routers' replica
+sets current with one long poll to the controller. Worker processes (replicas,
+proxies, Dask tasks) create theirs lazily on the worker's own event loop; a
+driver's is made by whoever knows how to connect (``api`` registers that with
+``set_connector``), so this layer never imports the public API.
+
+Process-wide state lives here and only here: the current runtime
+(``current_runtime``/``set_runtime``) and the connector. In local testing mode
+the runtime also holds the in-process replicas (``add_local_replica``).
 """
 from __future__ import annotations
 
@@ -14,29 +19,36 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from distributed.core import ConnectionPool
 
+from .config import LONG_POLL_TIMEOUT_S, METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from .context import new_request_id
 from .event_loop import worker_or_none
-from .routing.mux import MuxConnection
-from .routing.router import Router
+from .routing.router import ReplicaSlot, Router
+from .routing.transport import InProcessChannel, MuxConnection
+from .types import ReplicaSetSnapshot
 
-__all__ = ["Runtime", "get_runtime", "set_runtime", "current_runtime"]
+__all__ = ["Runtime", "get_runtime", "set_runtime", "current_runtime", "set_connector"]
+
+LOCAL_PREFIX = "local://"  # address of an in-process replica (local testing mode)
 
 logger = logging.getLogger("dserve")
 
-LONG_POLL_TIMEOUT_S = 20.0
 
 
 class Runtime:
     """Routers, connections and the controller link for one process."""
 
-    def __init__(self, scheduler_address: str, loop: asyncio.AbstractEventLoop, pool: Any = None) -> None:
+    def __init__(self, scheduler_address: str, loop: asyncio.AbstractEventLoop, pool: Any = None,
+                 connection_args: Optional[dict] = None) -> None:
         self.scheduler_address = scheduler_address
         self.loop = loop
+        self.connection_args = dict(connection_args or {})  # the process's Dask Security (TLS)
         self._pool = pool
         self._owns_pool = pool is None
         self.routers: Dict[Tuple[str, str], Router] = {}
         self.watchers: Dict[str, Tuple[int, Callable[[dict], None]]] = {}
         self.connections: Dict[str, Any] = {}
+        self.local_replicas: Dict[Tuple[str, str], Any] = {}  # local testing mode
+        self.local_apps: Dict[str, str] = {}  # local testing mode: application -> ingress
         self._listener: Optional[asyncio.Task] = None
         self.closed = False
         self._reporter: Optional[asyncio.Task] = None
@@ -47,7 +59,7 @@ class Runtime:
     # ---- control plane ----
     async def _get_pool(self) -> Any:
         if self._pool is None:
-            self._pool = await ConnectionPool(limit=64, timeout=10)
+            self._pool = await ConnectionPool(limit=64, timeout=10, connection_args=self.connection_args)
         return self._pool
 
     async def rpc(self, op: str, **kwargs: Any) -> Any:
@@ -56,26 +68,40 @@ class Runtime:
         return await getattr(pool(self.scheduler_address), op)(**kwargs)
 
     # ---- data plane ----
+    def channel(self, slot: ReplicaSlot) -> Any:
+        """How to reach the replica behind ``slot``: in this process when it lives
+        here (no socket), else the shared connection to its worker."""
+        if slot.address == self.local_address:
+            replica = self._worker.state.actors.get(slot.key)
+            if replica is not None and getattr(replica, "accepting", False):
+                return InProcessChannel(replica)
+        return self.connection(slot.address)
+
     def connection(self, address: str) -> Any:
         conn = self.connections.get(address)
         if conn is None or conn.closed:
-            if address.startswith("local://"):
-                from .local_testing import local_connection
-
-                conn = local_connection(address)
+            if address.startswith(LOCAL_PREFIX):
+                app, _, deployment = address[len(LOCAL_PREFIX):].partition("/")
+                conn = InProcessChannel(self.local_replicas[(app, deployment)])
             else:
-                conn = MuxConnection(address)
+                conn = MuxConnection(address, self.connection_args)
             self.connections[address] = conn
         return conn
 
-    def local_replica(self, slot: Any) -> Any:
-        """The replica object behind ``slot`` when it lives in this process."""
-        if slot.address != self.local_address:
+    def add_local_replica(self, app: str, deployment: str, replica: Any) -> None:
+        """Local testing mode: route ``app``/``deployment`` to an in-process replica."""
+        self.local_replicas[(app, deployment)] = replica
+        router = self.routers.pop((app, deployment), None)
+        if router is not None:
+            router._fail_waiters(RuntimeError("the local replica was replaced"))
+
+    def _local_snapshot(self, app: str, deployment: str) -> Optional[ReplicaSetSnapshot]:
+        replica = self.local_replicas.get((app, deployment))
+        if replica is None:
             return None
-        replica = self._worker.state.actors.get(slot.key)
-        if replica is None or not getattr(replica, "accepting", False):
-            return None
-        return replica
+        entry = {"id": replica.replica_id, "address": f"{LOCAL_PREFIX}{app}/{deployment}",
+                 "key": replica.replica_id, "max_ongoing": replica.max_ongoing, "models": []}
+        return {"version": 1, "exists": True, "max_queued": -1, "replicas": [entry]}
 
     def router(self, app: str, deployment: str) -> Router:
         """The router for a deployment (created on first use; loop thread only)."""
@@ -84,9 +110,7 @@ class Runtime:
         if router is None:
             router = Router(self, app, deployment)
             self.routers[key] = router
-            from .local_testing import local_snapshot
-
-            snapshot = local_snapshot(app, deployment)
+            snapshot = self._local_snapshot(app, deployment)
             if snapshot is not None:
                 router.local = True
                 router.update(snapshot)
@@ -119,8 +143,6 @@ class Runtime:
             logger.debug("queue report failed: %r", exc)
 
     async def _report_queues(self) -> None:
-        from .autoscale.metrics import PUSH_PERIOD_S
-
         reported: Dict[str, int] = {}
         while not self.closed:
             await asyncio.sleep(PUSH_PERIOD_S)
@@ -171,6 +193,8 @@ class Runtime:
         for conn in self.connections.values():
             conn.close()
         self.connections.clear()
+        self.local_replicas.clear()
+        self.local_apps.clear()
         for router in self.routers.values():
             router._fail_waiters(RuntimeError("dserve was shut down"))
         self.routers.clear()
@@ -179,6 +203,13 @@ class Runtime:
 
 
 _runtime: Optional[Runtime] = None
+_connector: Optional[Callable[[], Runtime]] = None
+
+
+def set_connector(connect: Callable[[], Runtime]) -> None:
+    """How a driver process connects when it has no runtime yet (``api`` sets this)."""
+    global _connector
+    _connector = connect
 
 
 def current_runtime() -> Optional[Runtime]:
@@ -197,9 +228,10 @@ def get_runtime() -> Runtime:
         return _runtime
     worker = worker_or_none()
     if worker is not None:
-        _runtime = Runtime(worker.scheduler.address, worker.loop.asyncio_loop, pool=worker.rpc)
+        _runtime = Runtime(worker.scheduler.address, worker.loop.asyncio_loop, pool=worker.rpc,
+                           connection_args=worker.security.get_connection_args("worker"))
         return _runtime
-    from .api import _connect_existing
-
-    _runtime = _connect_existing()
+    if _connector is None:
+        raise RuntimeError("dserve is not connected: call serve.start() or serve.run() first")
+    _runtime = _connector()
     return _runtime

@@ -33,7 +33,12 @@ __all__ = [
     "ApplicationDetails",
     "ProxyDetails",
     "ServeInstanceDetails",
+    "MULTI_APP",
+    "SINGLE_APP",
 ]
+
+# how the current goal state was declared: REST V2 / multi-app config, or REST V1
+MULTI_APP, SINGLE_APP = "MULTI_APP", "SINGLE_APP"
 
 
 class ApplicationStatus(str, enum.Enum):

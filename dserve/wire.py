@@ -1,38 +1,66 @@
-"""The data-plane wire format and the write coalescer both ends use.
+"""The data plane's wire format, in one place: message keys, method names, framing.
 
-Callers keep one Dask comm per replica worker and multiplex every request over
-it (the worker plugin's ``dserve_mux`` handler). Each write is one
-msgpack-encoded list of small dicts; user payloads inside are pickled bytes.
+Callers keep one connection per replica worker and multiplex every request over
+it (``routing.transport``). Each write is one msgpack-encoded list of small
+dicts (a batch); user payloads inside are pickled bytes (``serialization``).
 
-caller -> worker:  {"i": id, "k": replica key, "m": method, "p": payload, "c": ctx, "s": stream?}
-                   {"i": id, "x": 1}                 cancel request ``id``
-                   {"i": id, ..., "ws": 1}           open a WebSocket session (payload: the scope)
-                   {"i": id, "w": event}             a client event for WebSocket session ``id``
-worker -> caller:  {"i": id, "r": payload}           unary result
-                   {"i": id, "e": packed exception}  user (or replica) error
-                   {"i": id, "g": reason}            replica not here: retry elsewhere
-                   {"i": id, "c": payload}           one stream item
-                   {"i": id, "d": 1}                 stream finished (may ride on the last "c")
+caller -> worker                                       worker -> caller
+  {ID, KEY, METHOD, PAYLOAD, CONTEXT}    unary call       {ID, RESULT: payload}        unary result
+  {..., KIND: STREAM}                    streaming call   {ID, ITEM: payload}          one stream item
+  {..., KIND: WEBSOCKET}                 WebSocket open   {ID, DONE: 1}                end (may ride on the last ITEM)
+  {ID, EVENT: asgi message}              client event     {ID, ERROR: packed exc}      user or replica error
+  {ID, CANCEL: 1}                        cancel call ID   {ID, GONE: reason}           replica not here: retry elsewhere
+
+Each key has exactly one meaning. The special method names ``HTTP_METHOD`` and
+``GRPC_METHOD`` carry a proxied HTTP request (scope, body) or gRPC call (method,
+message, metadata) to a replica; ``ROUTES_KEY`` is the long-poll key of the
+route table the proxies follow.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, List
 
 import msgpack
 
-MUX_OP = "dserve_mux"
+__all__ = [
+    "MUX_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY",
+    "ID", "KEY", "METHOD", "PAYLOAD", "CONTEXT", "KIND", "STREAM", "WEBSOCKET", "EVENT", "CANCEL",
+    "RESULT", "ITEM", "DONE", "ERROR", "GONE",
+    "decode", "LastItem", "Coalescer",
+]
+
+logger = logging.getLogger("dserve.wire")
+
+MUX_OP = "dserve_mux"  # the worker comm handler that serves multiplexed calls
+HTTP_METHOD = "__dserve_http__"
+GRPC_METHOD = "__dserve_grpc__"
+ROUTES_KEY = "__routes__"
+
+# caller -> worker
+ID = "i"
+KEY = "k"  # the replica's actor key on that worker
+METHOD = "m"
+PAYLOAD = "p"
+CONTEXT = "t"  # the request context (RequestContext.to_wire())
+KIND = "s"  # absent: unary
+STREAM = 1
+WEBSOCKET = 2
+EVENT = "w"
+CANCEL = "x"
+# worker -> caller
+RESULT = "r"
+ITEM = "c"
+DONE = "d"
+ERROR = "e"
+GONE = "g"
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
-def encode(batch: List[dict]) -> bytes:
-    """One write: the batch packed by us, so Dask's comm only frames bytes
-    (no per-message ``sizeof`` walk or serializer dispatch)."""
-    return _packb(batch)
-
-
 def decode(data: bytes) -> List[dict]:
+    """One read: the batch of messages a peer wrote at once."""
     return msgpack.unpackb(data, raw=False)
 
 
@@ -48,7 +76,9 @@ class LastItem:
 
 class Coalescer:
     """Write messages at once when the comm is idle; batch what queues up while a
-    write is pending (no fixed interval, unlike ``distributed.batched.BatchedSend``)."""
+    write is pending (no fixed interval, unlike ``distributed.batched.BatchedSend``).
+    The batch is packed here, so Dask's comm only frames bytes (no per-message
+    ``sizeof`` walk or serializer dispatch)."""
 
     __slots__ = ("comm", "buffer", "writing", "closed")
 
@@ -72,7 +102,8 @@ class Coalescer:
             while self.buffer and not self.closed:
                 batch, self.buffer = self.buffer, []
                 await self.comm.write(_packb(batch))
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - the reader side reports the lost peer
+            logger.debug("write to %s failed: %r", getattr(self.comm, "peer_address", "?"), exc)
             self.abort()
         finally:
             self.writing = False
@@ -82,5 +113,5 @@ class Coalescer:
         self.buffer = []
         try:
             self.comm.abort()
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - already closed
+            logger.debug("abort of %s failed: %r", getattr(self.comm, "peer_address", "?"), exc)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any, AsyncIterator, Callable, List, Tuple
 
 from ..grpc_util import RayServegRPCContext
 from ..wire import LastItem
 
-__all__ = ["GRPC_METHOD", "serve_grpc"]
+__all__ = ["serve_grpc"]
 
-GRPC_METHOD = "__dserve_grpc__"
+logger = logging.getLogger("dserve.replica")
 
 
 def _takes_context(fn: Callable) -> bool:
@@ -48,7 +49,5 @@ async def serve_grpc(replica: Any, method: str, request: Any, metadata: List[Tup
             result = await call() if kind == "async" else await replica._run_sync(call)
             yield LastItem(("end", result, context.state(), None))
     except Exception as exc:  # noqa: BLE001 - the proxy turns it into a status
-        from .worker_plugin import logger
-
         logger.warning("gRPC method %s failed", method, exc_info=True)
         yield LastItem(("end", None, context.state(), f"INTERNAL:{type(exc).__name__}: {exc}"))

@@ -14,16 +14,15 @@ import asyncio
 import json
 import logging
 import traceback
-from typing import Any, AsyncIterator, Callable, List
+from typing import Any, AsyncIterator, Callable, List, Optional
 
 from starlette.requests import Request
-
-from ..wire import LastItem
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-__all__ = ["serve_http", "serve_websocket", "to_response", "HTTP_METHOD"]
+from ..types import ASGIApp, Message, Receive, Scope
+from ..wire import LastItem
 
-HTTP_METHOD = "__dserve_http__"
+__all__ = ["serve_http", "serve_websocket", "to_response"]
 
 logger = logging.getLogger("dserve.replica")
 
@@ -70,8 +69,8 @@ def error_response(exc: BaseException) -> Response:
 
 
 async def serve_http(
-    asgi_app: Any, call_user: Callable[[Request], Any], scope: dict, body: bytes
-) -> AsyncIterator[List[dict]]:
+    asgi_app: Optional[ASGIApp], call_user: Callable[[Request], Any], scope: Scope, body: bytes
+) -> AsyncIterator[List[Message]]:
     """Run one request; yield lists of ASGI messages as they become available."""
     messages: List[dict] = []
     wake: List[asyncio.Event] = []  # set up only for streaming responses
@@ -127,7 +126,7 @@ async def serve_http(
             task.cancel()
 
 
-async def serve_websocket(asgi_app: Any, scope: dict, receive: Callable[[], Any]) -> AsyncIterator[dict]:
+async def serve_websocket(asgi_app: Optional[ASGIApp], scope: Scope, receive: Receive) -> AsyncIterator[Message]:
     """Run a WebSocket session through the deployment's ASGI app; yield what it sends."""
     if asgi_app is None:  # only ASGI ingress deployments speak WebSocket
         yield {"type": "websocket.close", "code": 1003, "reason": "this deployment does not accept WebSockets"}

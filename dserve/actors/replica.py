@@ -3,8 +3,10 @@
 The controller creates it with ``client.submit(ReplicaActor, ..., actor=True)``
 and drives its life through Dask actor calls (``initialize``, ``reconfigure``,
 ``check_health``, ``drain``, ``shutdown``). Requests do not use the actor call
-path: the worker plugin's ``dserve_mux`` handler finds the replica in
-``worker.state.actors`` and calls ``call``/``stream`` directly.
+path: the transport's ``dserve_mux`` handler (or a caller in the same process)
+finds the replica in ``worker.state.actors`` and calls ``call``/``stream``/
+``websocket`` directly; HTTP and gRPC requests arrive as the special methods
+``wire.HTTP_METHOD``/``wire.GRPC_METHOD`` and go to their adapters.
 
 Async user methods run on the worker's event loop; sync ones in this replica's
 own thread pool, bounded (like all calls) by ``max_ongoing_requests``.
@@ -26,8 +28,10 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
 from ..ingress import prepare_asgi_app
 from ..serialization import loads
-from .grpc_adapter import GRPC_METHOD, serve_grpc
-from .http_adapter import HTTP_METHOD, serve_http, serve_websocket
+from ..types import Scope, WireContext
+from ..wire import GRPC_METHOD, HTTP_METHOD
+from .grpc_adapter import serve_grpc
+from .http_adapter import serve_http, serve_websocket
 
 __all__ = ["ReplicaActor"]
 
@@ -176,9 +180,6 @@ class ReplicaActor:
     def info(self) -> dict:
         return {"pid": os.getpid(), "started_at": self.started_at, "ongoing": self.ongoing}
 
-    def stats(self) -> dict:
-        return {"ongoing": self.ongoing}
-
     async def drain(self, timeout_s: float, poll_s: float) -> int:
         """Stop accepting, then wait (polling every ``poll_s``) for in-flight
         requests to finish, at most ``timeout_s``; returns how many remain."""
@@ -225,10 +226,8 @@ class ReplicaActor:
         """One HTTP request from a proxy: ASGI messages come back in batches."""
         return serve_http(self._asgi_app, self._call_with_request, scope, body)
 
-    async def websocket(self, scope: Any, receive: Callable[[], Any], ctx: Optional[dict]) -> AsyncIterator[dict]:
+    async def websocket(self, scope: Scope, receive: Callable[[], Any], ctx: Optional[WireContext]) -> AsyncIterator[dict]:
         """One WebSocket session from a proxy (it holds a request slot while open)."""
-        if isinstance(scope, bytes):
-            scope = loads(scope)
         self._enter(ctx)
         try:
             async with self._sem:
@@ -249,7 +248,7 @@ class ReplicaActor:
             return StreamingResponse(iterate_in_threadpool(fn(request)))
         return self._run_sync(functools.partial(fn, request))
 
-    def _enter(self, ctx: Optional[dict]) -> None:
+    def _enter(self, ctx: Optional[WireContext]) -> None:
         self.ongoing += 1
         self._idle.clear()
         _current_replica.set(self.context)
@@ -260,13 +259,8 @@ class ReplicaActor:
         if self.ongoing == 0:
             self._idle.set()
 
-    async def call(self, method: str, payload: bytes, ctx: Optional[dict]) -> Any:
-        """Run one unary request (called in its own task by the mux handler)."""
-        args, kwargs = loads(payload)
-        return await self.call_args(method, args, kwargs, ctx)
-
-    async def call_args(self, method: str, args: tuple, kwargs: dict, ctx: Optional[dict]) -> Any:
-        """Run one unary request with arguments already deserialized."""
+    async def call(self, method: str, args: tuple, kwargs: dict, ctx: Optional[WireContext]) -> Any:
+        """Run one unary request (in its own task, started by the transport)."""
         fn, kind = self._method(method)
         if kind in (_GEN, _ASYNC_GEN):
             raise TypeError(
@@ -285,13 +279,8 @@ class ReplicaActor:
         finally:
             self._exit()
 
-    def stream(self, method: str, payload: bytes, ctx: Optional[dict]) -> AsyncIterator[Any]:
+    async def stream(self, method: str, args: tuple, kwargs: dict, ctx: Optional[WireContext]) -> AsyncIterator[Any]:
         """Run one streaming request, yielding the generator's items."""
-        args, kwargs = loads(payload)
-        return self.stream_args(method, args, kwargs, ctx)
-
-    async def stream_args(self, method: str, args: tuple, kwargs: dict, ctx: Optional[dict]) -> AsyncIterator[Any]:
-        """Run one streaming request with arguments already deserialized."""
         fn, kind = self._method(method)
         if kind not in (_GEN, _ASYNC_GEN):
             raise TypeError(

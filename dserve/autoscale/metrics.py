@@ -12,13 +12,16 @@ import collections
 import time
 from typing import Deque, Dict, Iterable, Tuple
 
+from ..config import METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
+
 __all__ = ["LoadMetrics", "PUSH_PERIOD_S"]
 
-PUSH_PERIOD_S = 0.5
 STALE_AFTER_S = 3 * PUSH_PERIOD_S
 
 
 class LoadMetrics:
+    """Running and queued request counts, and load samples per deployment."""
+
     def __init__(self) -> None:
         self.running: Dict[str, Tuple[float, int]] = {}  # replica id -> (time, ongoing)
         self.queued: Dict[Tuple[str, str], Tuple[float, int]] = {}  # (deployment key, source) -> (time, queued)

@@ -1,12 +1,13 @@
-"""One application: its deployments, route prefix and overall status."""
+"""One application: its deployments, route prefix and overall status (derived from theirs)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ..schema import ApplicationStatus, DeploymentStatus
-from .deployment_state import DeploymentSpec, DeploymentState
+from ..spec import ApplicationSpec, DeploymentSpec  # noqa: F401 - alias: old checkpoints pickled it from here
+from .deployment_state import DeploymentState
+from .status import application_status
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -14,18 +15,9 @@ if TYPE_CHECKING:
 __all__ = ["ApplicationSpec", "ApplicationState"]
 
 
-@dataclass
-class ApplicationSpec:
-    """An application as a deploy sends it to the controller."""
-
-    name: str
-    route_prefix: Optional[str]
-    ingress: str
-    deployments: List[DeploymentSpec] = field(default_factory=list)
-    source: Dict[str, Any] = field(default_factory=dict)  # import path / config, when deployed from one
-
-
 class ApplicationState:
+    """An application's goal (its spec) and its deployments' states."""
+
     def __init__(self, controller: "Controller", spec: ApplicationSpec) -> None:
         self.controller = controller
         self.name = spec.name
@@ -74,13 +66,14 @@ class ApplicationState:
         for dep in self.deployments.values():
             dep.delete()
 
-    def reconcile(self) -> bool:
-        """Drive every deployment; True once a deleted app has no replicas left."""
+    def settle(self) -> bool:
+        """After its deployments' steps: drop deleted deployments that have no
+        replicas left, mark the app deployed once all are healthy. True once a
+        deleted app has no deployments left."""
         for name, dep in list(self.deployments.items()):
-            dep.reconcile()
             if dep.deleting and not dep.replicas:
                 del self.deployments[name]
-                self.controller.notify_change()
+                self.controller.publisher.notify_change()
         if self.deploying and not self.building and self.deployments and all(
             d.status == DeploymentStatus.HEALTHY for d in self.deployments.values() if not d.deleting
         ) and not any(d.deleting for d in self.deployments.values()):
@@ -118,11 +111,4 @@ class ApplicationState:
         return ""
 
     def status_dict(self) -> Dict[str, Any]:
-        return {
-            "status": self.status.value,
-            "message": self.message,
-            "last_deployed_time_s": self.last_deployed_time_s,
-            "route_prefix": self.route_prefix,
-            "ingress": self.ingress,
-            "deployments": {name: d.status_dict() for name, d in self.deployments.items()},
-        }
+        return application_status(self)

@@ -1,18 +1,21 @@
 """Dask's cluster managers follow serving demand.
 
 Replicas are actors and add no task occupancy, so Dask's own
-``adaptive_target`` never sees serving load. The controller wraps it (the
-method, for the HTTP ``/api/v1/adaptive_target`` route and the desired-workers
-gauge, and the RPC handler, for ``distributed.deploy.Adaptive`` used by
-LocalCluster, dask-jobqueue and dask-kubernetes): the target becomes at least
-the workers hosting replicas or proxies plus the workers needed for replicas
-that cannot be placed. ``valid_workers_downscaling`` keeps those hosts out of
-every retirement.
+``adaptive_target`` never sees serving load. Retirement has a plugin hook
+(``SchedulerPlugin.valid_workers_downscaling``: the controller keeps workers
+hosting replicas or proxies out of it). The target has none: Dask offers no
+extension point for ``Scheduler.adaptive_target``, so ``install`` wraps it —
+the method, for the HTTP ``/api/v1/adaptive_target`` route and the
+desired-workers gauge, and the RPC handler, for ``distributed.deploy.Adaptive``
+used by LocalCluster, dask-jobqueue and dask-kubernetes — and ``uninstall``
+puts Dask's back. The target becomes at least the workers hosting replicas or
+proxies plus the workers needed for replicas that cannot be placed
+(``note_unplaceable``).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, List, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -21,30 +24,44 @@ __all__ = ["ClusterCoupling"]
 
 
 class ClusterCoupling:
+    """The serving demand Dask's adaptive scaling sees."""
+
     def __init__(self, controller: "Controller") -> None:
         self.controller = controller
-        self.original: Callable[..., int] = controller.scheduler.adaptive_target
+        self.original: Optional[Callable[..., int]] = None
+        self.unplaceable: Dict[str, Tuple[Dict[str, float], int]] = {}  # deployment -> (demand, count)
+
+    def note_unplaceable(self, key: str, demand: Optional[Dict[str, float]], count: int = 0) -> None:
+        """``count`` replicas of ``key`` needing ``demand`` each cannot be placed (0 / None: all placed)."""
+        if demand and count:
+            self.unplaceable[key] = (demand, count)
+        else:
+            self.unplaceable.pop(key, None)
 
     def install(self) -> None:
         scheduler = self.controller.scheduler
+        self.original = scheduler.adaptive_target
         scheduler.adaptive_target = self.adaptive_target
         scheduler.handlers["adaptive_target"] = self.adaptive_target
 
     def uninstall(self) -> None:
+        if self.original is None:
+            return
         scheduler = self.controller.scheduler
         scheduler.adaptive_target = self.original
         scheduler.handlers["adaptive_target"] = self.original
+        self.original = None
 
     def hosts(self) -> Set[str]:
         """Workers that must stay: they run replicas or a proxy."""
-        busy = {r.worker for app in self.controller.apps.values()
+        busy = {r.worker for app in self.controller.store.apps.values()
                 for dep in app.deployments.values() for r in dep.replicas.values()}
-        busy.update(self.controller.proxy_state.proxies)
+        busy.update(self.controller.proxies.proxies)
         return busy
 
     def extra_workers(self) -> int:
         """Workers to add for the replicas that cannot be placed now."""
-        missing = self.controller.unplaceable
+        missing = self.unplaceable
         if not missing:
             return 0
         workers = list(self.controller.scheduler.workers.values())
@@ -56,6 +73,7 @@ class ClusterCoupling:
         return len(self.hosts() & set(self.controller.scheduler.workers)) + self.extra_workers()
 
     def adaptive_target(self, target_duration: Any = None) -> int:
+        assert self.original is not None
         return max(self.original(target_duration), self.desired_workers())
 
     def removable(self, workers: List[Any]) -> List[Any]:

@@ -14,18 +14,20 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from pydantic import ValidationError
 
-from ..schema import ServeApplicationSchema, ServeDeploySchema
+from ..schema import MULTI_APP, SINGLE_APP, ServeApplicationSchema, ServeDeploySchema
+from ..build import build_from_config
 from ..serialization import loads
-from .application_state import ApplicationSpec, ApplicationState
+from ..spec import ApplicationSpec
+from .application_state import ApplicationState
+from .runtime_env import apply_runtime_env
 
 if TYPE_CHECKING:
     from .plugin import Controller
 
-__all__ = ["DeclarativeDeployer", "MULTI_APP", "SINGLE_APP"]
+__all__ = ["DeclarativeDeployer"]
 
 logger = logging.getLogger("dserve.controller")
 
-MULTI_APP, SINGLE_APP = "MULTI_APP", "SINGLE_APP"
 
 
 def validation_errors(exc: ValidationError) -> List[Dict[str, Any]]:
@@ -33,10 +35,10 @@ def validation_errors(exc: ValidationError) -> List[Dict[str, Any]]:
 
 
 class DeclarativeDeployer:
+    """Applies whole configs; builds each changed application on a worker."""
+
     def __init__(self, controller: "Controller") -> None:
         self.controller = controller
-        self.mode: Optional[str] = None
-        self.config: Optional[Dict[str, Any]] = None  # the last config deployed
         self._builds: Dict[str, Any] = {}  # app name -> build task
 
     async def deploy(self, config: Dict[str, Any], mode: str = MULTI_APP, force: bool = False) -> Dict[str, Any]:
@@ -50,13 +52,14 @@ class DeclarativeDeployer:
                 schema = ServeDeploySchema.model_validate(config)
         except ValidationError as exc:
             return {"error": f"invalid config: {exc}", "errors": validation_errors(exc)}
-        if not self.controller.apps:
-            self.mode = None
-        if self.mode is not None and self.mode != mode:
-            return {"error": f"dserve is running {self.mode.lower().replace('_', '-')} applications; "
+        store = self.controller.store
+        if not store.apps:
+            store.deploy_mode = None
+        if store.deploy_mode is not None and store.deploy_mode != mode:
+            return {"error": f"dserve is running {store.deploy_mode.lower().replace('_', '-')} applications; "
                              f"a {mode.lower().replace('_', '-')} config cannot be deployed until they are deleted"}
-        self.mode = mode
-        self.config = config
+        store.deploy_mode = mode
+        store.deployed_config = config
         proxy_options: Dict[str, Any] = {}  # only what the config sets: serve.start's choices stand otherwise
         if "http_options" in schema.model_fields_set:
             proxy_options["http_options"] = schema.http_options.model_dump(exclude_unset=True)
@@ -65,26 +68,26 @@ class DeclarativeDeployer:
         if "grpc_options" in schema.model_fields_set:
             proxy_options["grpc_options"] = schema.grpc_options.model_dump(exclude_unset=True)
         if proxy_options:
-            await self.controller.rpc_start(proxy_options, wait=False)
+            await self.controller.service.start(proxy_options, wait=False)
         wanted = {a.name for a in schema.applications}
-        for name, app in list(self.controller.apps.items()):
+        for name, app in list(self.controller.store.apps.items()):
             if name not in wanted:
                 app.delete()
         for app_schema in schema.applications:
             self._apply(app_schema, force)
-        self.controller.notify_change()
-        self.controller.wake()
+        self.controller.publisher.notify_change()
+        self.controller.reconciler.wake()
         return {"ok": True}
 
     def _apply(self, schema: ServeApplicationSchema, force: bool = False) -> None:
         config = schema.model_dump(mode="json")
-        app = self.controller.apps.get(schema.name)
+        app = self.controller.store.apps.get(schema.name)
         if not force and app is not None and not app.deleting and app.spec.source.get("full_config") == config:
             return  # unchanged: untouched
         if app is None or app.deleting:
             placeholder = ApplicationSpec(schema.name, schema.route_prefix, "", [], {"full_config": None})
             if app is None:
-                app = self.controller.apps[schema.name] = ApplicationState(self.controller, placeholder)
+                app = self.controller.store.apps[schema.name] = ApplicationState(self.controller, placeholder)
             else:
                 app.apply(placeholder)
         app.building = True
@@ -93,13 +96,10 @@ class DeclarativeDeployer:
         previous = self._builds.pop(schema.name, None)
         if previous is not None:
             previous.cancel()
-        task = self.controller.spawn(self._build(schema, config))
+        task = self.controller.reconciler.spawn(self._build(schema, config))
         self._builds[schema.name] = task
 
     async def _build(self, schema: ServeApplicationSchema, config: Dict[str, Any]) -> None:
-        from ..build import build_from_config
-        from .runtime_env import apply_runtime_env
-
         error: Optional[str] = None
         spec: Optional[ApplicationSpec] = None
         try:
@@ -114,7 +114,7 @@ class DeclarativeDeployer:
                 spec = loads(result["spec"])
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"
-        app = self.controller.apps.get(schema.name)
+        app = self.controller.store.apps.get(schema.name)
         self._builds.pop(schema.name, None)
         if app is None or app.deleting:
             return
@@ -125,6 +125,6 @@ class DeclarativeDeployer:
         else:
             spec.source["full_config"] = config
             app.apply(spec)
-            self.controller.checkpoint()
-        self.controller.notify_change()
-        self.controller.wake()
+            self.controller.store.checkpoint()
+        self.controller.publisher.notify_change()
+        self.controller.reconciler.wake()

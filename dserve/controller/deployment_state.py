@@ -3,21 +3,24 @@
 ``DeploymentState.reconcile()`` is called by the controller's loop: it starts
 replicas (spreading them with the placement ledger), stops surplus ones,
 rolls new code by starting new replicas before draining old ones, applies a
-changed ``user_config`` in place, and runs health checks. Every change to the
-set of running replicas is published to routers through the controller.
+changed ``user_config`` in place, and runs health checks (the calls themselves
+are in ``replicas``). Every change to the set of running replicas is published
+to routers through the controller's publisher.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..autoscale import Autoscaler
-from ..config import DeploymentConfig
 from ..schema import DeploymentStatus, DeploymentStatusTrigger, ReplicaState
+from ..spec import DeploymentSpec  # alias: old checkpoints pickled it from here
+from ..types import ReplicaSetSnapshot
+from .status import deployment_status, settle_status
+from .replicas import (
+    ReplicaRecord, check_replica_health, place_replica, reconfigure_replica, start_replica, stop_replica,
+)
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -25,41 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["DeploymentSpec", "DeploymentState", "ReplicaRecord"]
 
 logger = logging.getLogger("dserve.controller")
-
-HEALTH_CHECK_FAILURE_THRESHOLD = 3
-CONTROL_CALL_TIMEOUT_S = 30.0
-
-
-@dataclass
-class DeploymentSpec:
-    """What a deploy asks for: code, constructor args, options, code version."""
-
-    name: str
-    code: bytes
-    init: bytes
-    config: DeploymentConfig
-    code_version: str
-    is_ingress: bool = False
-
-
-@dataclass(eq=False)
-class ReplicaRecord:
-    replica_id: str
-    key: str
-    worker: str
-    host: str
-    code_version: str
-    demand: Dict[str, float]
-    state: ReplicaState = ReplicaState.STARTING
-    user_config: Any = None
-    future: Any = None
-    actor: Any = None
-    pid: Optional[int] = None
-    started_at: float = field(default_factory=time.time)
-    health_failures: int = 0
-    last_health: float = field(default_factory=time.monotonic)
-    busy: bool = False  # a control call (reconfigure / health check) is running
-    models: List[str] = field(default_factory=list)  # multiplexed model ids it holds
 
 
 class DeploymentState:
@@ -77,8 +45,8 @@ class DeploymentState:
         self.message = ""
         self.failures = 0
         self.deleting = False
-        self.version = controller.next_version()
-        self._ever_healthy = False
+        self.version = controller.publisher.next_version()
+        self.ever_healthy = False
         self.autoscaler = Autoscaler()
 
     # ---- goal state ----
@@ -98,7 +66,7 @@ class DeploymentState:
             or spec.config.max_ongoing_requests != old.config.max_ongoing_requests
             or spec.config.ray_actor_options != old.config.ray_actor_options
         ):
-            self._ever_healthy = False
+            self.ever_healthy = False
         if spec.config.max_ongoing_requests != old.config.max_ongoing_requests or (
             spec.config.max_queued_requests != old.config.max_queued_requests
         ):
@@ -111,7 +79,7 @@ class DeploymentState:
     def delete(self) -> None:
         self.deleting = True
         self.trigger = DeploymentStatusTrigger.DELETING
-        self.controller.note_unplaceable(self.key, None)
+        self.controller.coupling.note_unplaceable(self.key, None)
         self.controller.metrics.drop(self.key)
 
     @property
@@ -125,10 +93,10 @@ class DeploymentState:
         return [r for r in self.replicas.values() if r.state == ReplicaState.RUNNING]
 
     def publish(self) -> None:
-        self.version = self.controller.next_version()
-        self.controller.notify_change()
+        self.version = self.controller.publisher.next_version()
+        self.controller.publisher.notify_change()
 
-    def snapshot(self) -> Dict[str, Any]:
+    def snapshot(self) -> ReplicaSetSnapshot:
         return {
             "version": self.version,
             "exists": True,
@@ -159,13 +127,16 @@ class DeploymentState:
             self.trigger = DeploymentStatusTrigger.AUTOSCALING
             self.target = target
 
+    def status_dict(self) -> Dict[str, Any]:
+        return deployment_status(self)
+
     # ---- reconcile ----
     def reconcile(self) -> None:
         self.autoscale()
         if self.deleting:
             for r in list(self.replicas.values()):
                 if r.state != ReplicaState.STOPPING:
-                    self._stop(r)
+                    self.stop(r)
             return
         version = self.run_version
         active = [r for r in self.replicas.values()
@@ -174,136 +145,58 @@ class DeploymentState:
         outdated = [r for r in active if r.code_version != version]
         if self.status != DeploymentStatus.DEPLOY_FAILED:
             missing = self.target - len(current)
-            self.controller.note_unplaceable(self.key, None)
+            self.controller.coupling.note_unplaceable(self.key, None)
             while missing > 0:
                 if not self._start_one():
-                    self.controller.note_unplaceable(self.key, self.spec.config.ray_actor_options.demand(), missing)
+                    self.controller.coupling.note_unplaceable(
+                        self.key, self.spec.config.ray_actor_options.demand(), missing)
                     if outdated:  # make room: replace an old replica first
-                        self._stop(outdated.pop())
+                        self.stop(outdated.pop())
                     break
                 missing -= 1
             if missing < 0:
                 surplus = sorted(current, key=lambda r: (r.state == ReplicaState.RUNNING, r.started_at), )
                 for r in surplus[: -missing]:
-                    self._stop(r)
+                    self.stop(r)
         running_current = sum(1 for r in current if r.state == ReplicaState.RUNNING)
         keep_old = max(0, self.target - running_current)
         for r in sorted(outdated, key=lambda r: r.state == ReplicaState.RUNNING)[: max(0, len(outdated) - keep_old)]:
-            self._stop(r)
+            self.stop(r)
         for r in current:
             if r.state == ReplicaState.RUNNING and not r.busy:
                 if r.user_config != self.spec.config.user_config:
-                    self._spawn(self._reconfigure(r))
+                    self._spawn(reconfigure_replica(self, r))
                 elif time.monotonic() - r.last_health >= self.spec.config.health_check_period_s:
-                    self._spawn(self._health_check(r))
-        self._update_status()
+                    self._spawn(check_replica_health(self, r))
+        settle_status(self)
 
-    def _update_status(self) -> None:
-        if self.status == DeploymentStatus.DEPLOY_FAILED:
-            return
-        version = self.run_version
-        running = [r for r in self.running() if r.code_version == version]
-        settled = (
-            len(running) == self.target
-            and all(r.code_version == version for r in self.replicas.values())
-            and all(r.user_config == self.spec.config.user_config for r in running)
-            and not any(r.state != ReplicaState.RUNNING for r in self.replicas.values())
-        )
-        if settled:
-            if self.status != DeploymentStatus.HEALTHY:
-                if self.trigger == DeploymentStatusTrigger.CONFIG_UPDATE_STARTED:
-                    self.trigger = DeploymentStatusTrigger.CONFIG_UPDATE_COMPLETED
-                elif self.status == DeploymentStatus.DOWNSCALING:
-                    self.trigger = DeploymentStatusTrigger.DOWNSCALE_COMPLETED
-                else:
-                    self.trigger = DeploymentStatusTrigger.UPSCALE_COMPLETED
-            self.status = DeploymentStatus.HEALTHY
-            self.message = ""
-            self._ever_healthy = True
-        elif self._ever_healthy and len(running) < self.target and self.trigger == DeploymentStatusTrigger.HEALTH_CHECK_FAILED:
-            self.status = DeploymentStatus.UNHEALTHY
-        elif self.status in (DeploymentStatus.UPSCALING, DeploymentStatus.DOWNSCALING):
-            pass  # autoscaling in progress
-        elif self.status == DeploymentStatus.HEALTHY:
-            self.status = DeploymentStatus.UPDATING
+    def step_failed(self, message: str) -> None:
+        """The reconciler caught an error in this deployment's step."""
+        self.message = message
 
     def _spawn(self, coro: Any) -> None:
-        self.controller.spawn(coro)
-
-    def _counts(self) -> tuple[Dict[str, int], Dict[str, int]]:
-        per_worker: Dict[str, int] = {}
-        per_host: Dict[str, int] = {}
-        for r in self.replicas.values():
-            if r.state != ReplicaState.STOPPING:
-                per_worker[r.worker] = per_worker.get(r.worker, 0) + 1
-                per_host[r.host] = per_host.get(r.host, 0) + 1
-        return per_worker, per_host
+        self.controller.reconciler.spawn(coro)
 
     def _start_one(self) -> bool:
-        demand = self.spec.config.ray_actor_options.demand()
-        per_worker, per_host = self._counts()
-        workers = self.controller.placeable_workers()
-        max_per_host = self.spec.config.max_replicas_per_node
-        ws = self.controller.ledger.choose(
-            workers, demand, per_worker, per_host, max_per_host, frozenset(self.controller.proxy_state.proxies)
-        )
-        if ws is None:
-            reason = self.controller.ledger.why_not(workers, demand, max_per_host, per_host)
-            self.message = f"Deployment '{self.name}' has replicas that cannot be placed yet: {reason}."
+        record = place_replica(self)
+        if record is None:
             return False
-        suffix = uuid.uuid4().hex[:8]
-        replica_id = f"{self.app}#{self.name}#{suffix}"
-        app = self.controller.apps.get(self.app)
-        record = ReplicaRecord(
-            replica_id=replica_id,
-            key=f"dserve-replica-{replica_id}",
-            worker=ws.address,
-            host=ws.host,
-            code_version=self.run_version,
-            demand=demand,
-            state=ReplicaState.RECOVERING if app is not None and app.recovering else ReplicaState.STARTING,
-        )
-        self.controller.ledger.reserve(ws.address, demand)
-        self.replicas[replica_id] = record
-        self._spawn(self._start(record))
+        self.replicas[record.replica_id] = record
+        self._spawn(start_replica(self, record))
         return True
 
-    async def _start(self, r: ReplicaRecord) -> None:
-        from distributed.actor import Actor
+    def started(self, r: ReplicaRecord, pid: Optional[int]) -> None:
+        """``start_replica`` succeeded: the replica serves from now on."""
+        r.state = ReplicaState.RUNNING
+        r.pid = pid
+        r.user_config = self.spec.config.user_config
+        r.last_health = time.monotonic()
+        self.failures = 0
+        self.publish()
 
-        from ..actors.replica import ReplicaActor
-
-        spec = self.spec
-        config = {"max_ongoing_requests": spec.config.max_ongoing_requests, "user_config": spec.config.user_config}
-        error: Optional[str] = None
-        try:
-            r.future = self.controller.client.submit(
-                ReplicaActor, self.app, self.name, r.replica_id, spec.code, spec.init, config,
-                actor=True, key=r.key, workers=[r.worker], allow_other_workers=False, pure=False,
-            )
-            await r.future  # the actor exists on its worker
-            with self.controller.client.as_current():  # bind the Actor to our client
-                r.actor = Actor(ReplicaActor, r.worker, r.key)
-            info = await r.actor.initialize()
-            if info.get("error"):
-                error = info["error"]
-        except Exception as exc:  # the worker died, or the actor could not be created
-            error = f"{type(exc).__name__}: {exc}"
-        if r.state not in (ReplicaState.STARTING, ReplicaState.RECOVERING):  # stopped or lost while starting
-            return
-        if error is not None:
-            self._start_failed(r, error)
-        else:
-            r.state = ReplicaState.RUNNING
-            r.pid = info.get("pid")
-            r.user_config = spec.config.user_config
-            r.last_health = time.monotonic()
-            self.failures = 0
-            self.publish()
-        self.controller.wake()
-
-    def _start_failed(self, r: ReplicaRecord, error: str) -> None:
-        self._remove(r)
+    def start_failed(self, r: ReplicaRecord, error: str) -> None:
+        """``start_replica`` failed: count it; DEPLOY_FAILED after too many in a row."""
+        self.remove(r)
         self.failures += 1
         limit = min(self.spec.config.max_constructor_retry_count, 3 * max(self.target, 1))
         logger.warning("replica %s failed to start (%d/%d): %s", r.replica_id, self.failures, limit, error)
@@ -317,30 +210,16 @@ class DeploymentState:
         else:
             self.message = f"A replica failed to start; retrying.\n{error}"
 
-    def _stop(self, r: ReplicaRecord) -> None:
+    def stop(self, r: ReplicaRecord) -> None:
+        """Take the replica out of routing now and drain it in the background."""
         was_running = r.state == ReplicaState.RUNNING
         r.state = ReplicaState.STOPPING
         if was_running:
             self.publish()
-        self._spawn(self._graceful_stop(r))
+        self._spawn(stop_replica(self, r))
 
-    async def _graceful_stop(self, r: ReplicaRecord) -> None:
-        cfg = self.spec.config
-        actor = r.actor
-        try:
-            if actor is not None and self.controller.worker_alive(r.worker):
-                await asyncio.wait_for(
-                    actor.drain(cfg.graceful_shutdown_timeout_s, cfg.graceful_shutdown_wait_loop_s),
-                    cfg.graceful_shutdown_timeout_s + 5,
-                )
-                await asyncio.wait_for(actor.shutdown(), 10)
-        except Exception as exc:
-            logger.info("replica %s did not stop cleanly: %r", r.replica_id, exc)
-        finally:
-            self._remove(r)
-            self.controller.wake()
-
-    def _remove(self, r: ReplicaRecord) -> None:
+    def remove(self, r: ReplicaRecord) -> None:
+        """Forget the replica and release its resources."""
         if self.replicas.pop(r.replica_id, None) is None:
             return
         self.controller.metrics.forget_replica(r.replica_id)
@@ -368,38 +247,6 @@ class DeploymentState:
             if state == ReplicaState.RUNNING:
                 self.publish()
 
-    async def _reconfigure(self, r: ReplicaRecord) -> None:
-        r.busy = True
-        target = self.spec.config.user_config
-        try:
-            await asyncio.wait_for(r.actor.reconfigure(target), CONTROL_CALL_TIMEOUT_S)
-            r.user_config = target
-        except Exception as exc:
-            logger.warning("reconfigure of %s failed: %r", r.replica_id, exc)
-            self.message = f"reconfigure() failed on replica {r.replica_id}: {exc!r}; replacing it."
-            if r.state == ReplicaState.RUNNING:
-                self._stop(r)
-        finally:
-            r.busy = False
-            self.controller.wake()
-
-    async def _health_check(self, r: ReplicaRecord) -> None:
-        r.busy = True
-        try:
-            await asyncio.wait_for(r.actor.check_health(), self.spec.config.health_check_timeout_s)
-            r.health_failures = 0
-        except Exception as exc:
-            r.health_failures += 1
-            logger.warning("health check of %s failed (%d): %r", r.replica_id, r.health_failures, exc)
-            if r.health_failures >= HEALTH_CHECK_FAILURE_THRESHOLD and r.state == ReplicaState.RUNNING:
-                self.trigger = DeploymentStatusTrigger.HEALTH_CHECK_FAILED
-                self.message = f"Replica {r.replica_id} failed its health check: {exc!r}; replacing it."
-                self._stop(r)
-        finally:
-            r.last_health = time.monotonic()
-            r.busy = False
-            self.controller.wake()
-
     def report_models(self, replica_id: str, model_ids: List[str]) -> bool:
         r = self.replicas.get(replica_id)
         if r is None or r.models == model_ids:
@@ -408,30 +255,3 @@ class DeploymentState:
         if r.state == ReplicaState.RUNNING:
             self.publish()
         return True
-
-    # ---- status ----
-    def replica_states(self) -> Dict[str, int]:
-        counts: Dict[str, int] = {}
-        for r in self.replicas.values():
-            counts[r.state.value] = counts.get(r.state.value, 0) + 1
-        return counts
-
-    def status_dict(self) -> Dict[str, Any]:
-        out = {
-            "status": self.status.value,
-            "status_trigger": self.trigger.value,
-            "message": self.message,
-            "replica_states": self.replica_states(),
-            "target_replicas": self.target,
-        }
-        if self.spec.config.autoscaling_config is not None:
-            metrics = self.controller.metrics
-            out["autoscaling"] = {
-                "target_replicas": self.target,
-                "current_replicas": len(self.running()),
-                "running_requests": metrics.total_running([r.replica_id for r in self.running()]),
-                "queued_requests": metrics.total_queued(self.key),
-                "last_decision": self.autoscaler.last_decision,
-                "last_decision_time_s": self.autoscaler.last_decision_at,
-            }
-        return out

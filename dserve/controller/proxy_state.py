@@ -1,26 +1,31 @@
-"""Where HTTP proxies run: one per host (EveryNode), the scheduler's host
-(HeadOnly) or none (Disabled). The controller elects one worker per host,
-keeps that choice while the worker lives, and elects again when it leaves."""
+"""Proxy management: where HTTP/gRPC proxies run, and starting and stopping them.
+
+One per host (EveryNode), the scheduler's host (HeadOnly) or none (Disabled).
+The manager elects one worker per host, keeps that choice while the worker
+lives, elects again when it leaves, and starts each elected proxy through the
+worker's ``dserve_proxy_start`` handler (``proxy.server.ProxyWorkerPlugin``).
+"""
 from __future__ import annotations
 
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..config import HTTPOptions, ProxyLocation, gRPCOptions
+from ..config import PROXY_RETRY_AFTER_S, HTTPOptions, ProxyLocation, gRPCOptions
 from ..schema import ProxyStatus
 
 if TYPE_CHECKING:
     from .plugin import Controller
 
-__all__ = ["ProxyState"]
+__all__ = ["ProxyManager"]
 
 logger = logging.getLogger("dserve.controller")
 
-RETRY_AFTER_S = 10.0
 
 
-class ProxyState:
+class ProxyManager:
+    """The proxies' options, their election and their records (by worker address)."""
+
     def __init__(self, controller: "Controller", http_options: HTTPOptions, location: ProxyLocation,
                  grpc_options: Optional[gRPCOptions] = None) -> None:
         self.controller = controller
@@ -28,6 +33,20 @@ class ProxyState:
         self.location = location
         self.grpc_options = grpc_options or gRPCOptions()
         self.proxies: Dict[str, Dict[str, Any]] = {}  # worker address -> record
+
+    @property
+    def settings(self) -> tuple:
+        return self.http_options, self.location, self.grpc_options
+
+    async def reconfigure(self, http_options: HTTPOptions, location: ProxyLocation,
+                          grpc_options: gRPCOptions) -> None:
+        """New options: stop every proxy; the next reconcile starts them anew."""
+        await self.stop_all()
+        self.http_options, self.location, self.grpc_options = http_options, location, grpc_options
+
+    @property
+    def starting(self) -> bool:
+        return any(p["status"] == ProxyStatus.STARTING for p in self.proxies.values())
 
     def elect(self) -> List[Any]:
         if self.location == ProxyLocation.Disabled:
@@ -57,11 +76,11 @@ class ProxyState:
                 record = self.proxies[address] = {"host": ws.host, "status": ProxyStatus.STARTING, "message": "", "retry_at": 0.0}
             if record["status"] == ProxyStatus.STARTING and not record.get("pending"):
                 record["pending"] = True
-                self.controller.spawn(self._start(address, record))
+                self.controller.reconciler.spawn(self._start(address, record))
             elif record["status"] == ProxyStatus.UNHEALTHY and now >= record["retry_at"] and not record.get("pending"):
                 record["status"] = ProxyStatus.STARTING
                 record["pending"] = True
-                self.controller.spawn(self._start(address, record))
+                self.controller.reconciler.spawn(self._start(address, record))
 
     async def _start(self, address: str, record: Dict[str, Any]) -> None:
         try:
@@ -79,15 +98,15 @@ class ProxyState:
         else:
             record["status"] = ProxyStatus.UNHEALTHY
             record["message"] = (result or {}).get("error", "unknown error")
-            record["retry_at"] = time.monotonic() + RETRY_AFTER_S
+            record["retry_at"] = time.monotonic() + PROXY_RETRY_AFTER_S
             logger.warning("dserve proxy on %s: %s", address, record["message"])
 
     async def stop_all(self) -> None:
         for address in list(self.proxies):
             try:
                 await self.controller.scheduler.rpc(address).dserve_proxy_stop()
-            except Exception:  # noqa: BLE001 - the worker may be gone
-                pass
+            except Exception as exc:  # noqa: BLE001 - the worker may be gone
+                logger.info("dserve: stopping the proxy on %s failed: %r", address, exc)
         self.proxies.clear()
 
     def status(self) -> Dict[str, Dict[str, Any]]:

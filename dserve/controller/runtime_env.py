@@ -29,7 +29,7 @@ async def apply_runtime_env(controller: "Controller", runtime_env: Dict[str, Any
         return
     from distributed.diagnostics.plugin import Environ, PipInstall, UploadDirectory
 
-    applied = controller.applied_envs
+    applied = controller.applied_envs  # environments already applied to the cluster
     plugins = []
     env_vars = runtime_env.get("env_vars")
     if env_vars:

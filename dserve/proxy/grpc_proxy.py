@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import grpc
 
-from ..actors.grpc_adapter import GRPC_METHOD
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
+from ..wire import GRPC_METHOD
 
 __all__ = ["GRPCProxy"]
 

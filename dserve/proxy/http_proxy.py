@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from ..actors.http_adapter import HTTP_METHOD
+from ..config import DISCONNECT_WATCH_AFTER_S
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
+from ..types import Receive, RouteTable, Scope, Send
+from ..wire import HTTP_METHOD
+from .websocket import forward_websocket
 
-__all__ = ["HTTPProxy", "ROUTES_KEY"]
+__all__ = ["HTTPProxy"]
 
 logger = logging.getLogger("dserve.proxy")
 
-ROUTES_KEY = "__routes__"
-DISCONNECT_WATCH_AFTER_S = 0.05
 MAX_HEADER_BYTES = 64 * 1024
 
 
@@ -33,7 +34,7 @@ _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_
                "headers", "client", "server", "subprotocols")
 
 
-async def _send_plain(send: Any, status: int, text: str, headers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:
+async def _send_plain(send: Send, status: int, text: str, headers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:
     body = text.encode()
     await send({
         "type": "http.response.start",
@@ -54,7 +55,7 @@ class HTTPProxy:
         self.routes: List[Tuple[str, str, str]] = []  # (prefix, app, ingress), longest prefix first
         self.draining = False
 
-    def update_routes(self, snapshot: Dict[str, Any]) -> None:
+    def update_routes(self, snapshot: RouteTable) -> None:
         table = snapshot.get("routes", {})
         self.routes = sorted(
             ((prefix, v["app"], v["ingress"]) for prefix, v in table.items()),
@@ -68,7 +69,7 @@ class HTTPProxy:
                 return route
         return None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             return
@@ -98,8 +99,6 @@ class HTTPProxy:
         if kind == "http":
             await self._forward_http(scope, receive, send, route)
         else:
-            from .websocket import forward_websocket
-
             await forward_websocket(self, scope, receive, send, route)
 
     def request_context(self, scope: dict, route: Tuple[str, str, str]) -> RequestContext:
@@ -121,7 +120,7 @@ class HTTPProxy:
         out["root_path"] = self.root_path + (prefix if prefix != "/" else "")  # Starlette strips it
         return out
 
-    async def _forward_http(self, scope: dict, receive: Any, send: Any, route: Tuple[str, str, str]) -> None:
+    async def _forward_http(self, scope: Scope, receive: Receive, send: Send, route: Tuple[str, str, str]) -> None:
         chunks = []
         while True:
             message = await receive()

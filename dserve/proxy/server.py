@@ -1,5 +1,7 @@
 """One proxy: its HTTP ASGI app served by uvicorn on the worker's own event loop,
-and the gRPC proxy beside it when servicer functions are configured.
+and the gRPC proxy beside it when servicer functions are configured; and the
+worker plugin through which the controller starts and stops it
+(``dserve_proxy_start``/``dserve_proxy_stop`` worker handlers).
 
 Not in a thread: a thread with its own loop halves throughput through GIL
 ping-pong with the worker loop (see ``uvicorn_server`` for the socket and
@@ -7,15 +9,22 @@ signal details).
 """
 from __future__ import annotations
 
-from typing import Optional
+import asyncio
+from typing import Any, Dict, Optional
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..config import HTTPOptions, gRPCOptions
 from ..runtime import get_runtime
+from ..types import RouteTable
 from ..uvicorn_server import EmbeddedServer, config
+from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
-from .http_proxy import ROUTES_KEY, HTTPProxy
+from .http_proxy import HTTPProxy
 
-__all__ = ["ProxyServer"]
+__all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME"]
+
+PROXY_PLUGIN_NAME = "dserve-proxy"
 
 
 class ProxyServer:
@@ -31,13 +40,13 @@ class ProxyServer:
         self.port = options.port
         self.grpc_port: Optional[int] = None
 
-    def _on_routes(self, snapshot: dict) -> None:
+    def _on_routes(self, snapshot: RouteTable) -> None:
         self.app.update_routes(snapshot)
         if self.grpc is not None:
             self.grpc.update_routes(snapshot)
 
     @property
-    def task(self):
+    def task(self) -> Optional[asyncio.Task]:
         return self.server.task if self.server is not None else None
 
     async def start(self) -> None:
@@ -69,3 +78,52 @@ class ProxyServer:
             await self.grpc.stop(2.0)
         if self.server is not None:
             await self.server.stop(timeout)
+
+
+class ProxyWorkerPlugin(WorkerPlugin):
+    """Lets the controller start and stop this worker's proxy (at most one; starts
+    and stops never overlap)."""
+
+    name = PROXY_PLUGIN_NAME
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+        self.proxy: Optional[ProxyServer] = None
+        self.lock = asyncio.Lock()
+        worker.handlers["dserve_proxy_start"] = self.start
+        worker.handlers["dserve_proxy_stop"] = self.stop
+
+    async def teardown(self, worker: Any) -> None:
+        for name in ("dserve_proxy_start", "dserve_proxy_stop"):
+            worker.handlers.pop(name, None)
+        await self.stop()
+
+    async def start(self, options: dict, grpc_options: Optional[dict] = None) -> Dict[str, Any]:
+        """Start (or keep) this worker's HTTP (and gRPC) proxy; the controller elected us."""
+        async with self.lock:
+            http, grpc = HTTPOptions(**options), gRPCOptions(**(grpc_options or {}))
+            if self.proxy is not None:
+                same = self.proxy.options == http and self.proxy.grpc_options == grpc
+                if same and not self.proxy.task.done():
+                    return {"ok": True, "port": self.proxy.port, "grpc_port": self.proxy.grpc_port}
+                await self._stop()
+            proxy = ProxyServer(http, grpc)
+            try:
+                await proxy.start()
+            except OSError as exc:
+                return {"error": f"HTTP proxy could not start on {self.worker.address}: {exc.strerror or exc}"}
+            except Exception as exc:  # noqa: BLE001 - reported in the proxy's status
+                return {"error": f"HTTP proxy could not start on {self.worker.address}: {exc!r}"}
+            self.proxy = proxy
+            return {"ok": True, "port": proxy.port, "grpc_port": proxy.grpc_port}
+
+    async def stop(self) -> Dict[str, Any]:
+        async with self.lock:
+            return await self._stop()
+
+    async def _stop(self) -> Dict[str, Any]:
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None:
+            await proxy.stop()
+        return {"ok": True}

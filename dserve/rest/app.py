@@ -17,6 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._version import __version__
+from ..schema import MULTI_APP, SINGLE_APP
+from .details import instance_details, v1_status
+
 __all__ = ["create_app"]
 
 
@@ -33,9 +37,6 @@ class _BadRequest(Exception):
 
 
 def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
-    from ..controller.declarative import MULTI_APP, SINGLE_APP
-    from ..controller.details import instance_details, v1_status
-
     async def deploy(request: Request, mode: str) -> Response:
         try:
             config = await _json_body(request)
@@ -43,7 +44,7 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
             return JSONResponse(exc.body, status_code=400)
         if not isinstance(config, dict):
             return JSONResponse({"error": "the request body must be a JSON object"}, status_code=400)
-        result = await controller.rpc_deploy_config(config, mode)
+        result = await controller.service.deploy_config(config, mode)
         if "error" in result:
             return JSONResponse(result, status_code=400)
         return Response(status_code=200)
@@ -55,24 +56,22 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
         return JSONResponse(instance_details(controller))
 
     async def delete_all(request: Request) -> Response:
-        await controller.rpc_shutdown()
-        controller.declarative.config = None
+        await controller.service.shutdown()
+        controller.store.deployed_config = None
         return Response(status_code=200)
 
     async def put_deployments(request: Request) -> Response:
         return await deploy(request, SINGLE_APP)
 
     async def get_deployments(request: Request) -> Response:
-        declarative = controller.declarative
-        config = declarative.config if declarative.mode == SINGLE_APP else None
+        store = controller.store
+        config = store.deployed_config if store.deploy_mode == SINGLE_APP else None
         return JSONResponse(config or {})
 
     async def get_status(request: Request) -> Response:
         return JSONResponse(v1_status(controller))
 
     async def version(request: Request) -> Response:
-        from .. import __version__
-
         return JSONResponse({"version": "1", "dserve_version": __version__})
 
     routes = []

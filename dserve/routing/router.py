@@ -13,13 +13,12 @@ import asyncio
 import collections
 import random
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, List, Optional, Tuple
 
 from ..context import RequestContext
-from ..exceptions import ActorDiedError, BackPressureError, DeploymentUnavailableError, RequestCancelledError
-from ..serialization import dumps, loads, unpack_exception
-from ..wire import LastItem
-from .mux import StreamEnd
+from ..exceptions import BackPressureError, DeploymentUnavailableError
+from ..types import ReplicaSetSnapshot, Scope
+from .transport import Undelivered
 
 __all__ = ["Router", "ReplicaSlot"]
 
@@ -59,7 +58,7 @@ class Router:
         self._ready = asyncio.Event()
 
     # ---- replica set updates (from the controller's long poll) ----
-    def update(self, snapshot: Dict[str, Any]) -> None:
+    def update(self, snapshot: ReplicaSetSnapshot) -> None:
         self.version = snapshot["version"]
         self.exists = snapshot.get("exists", True)
         self.max_queued = snapshot.get("max_queued", -1)
@@ -151,132 +150,73 @@ class Router:
         return len(self.waiters)
 
     # ---- calls ----
-    async def call(self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True) -> Any:
-        """One unary call. ``copy=False`` lets a replica in this very process
-        take the arguments as they are (the proxy's freshly built requests)."""
-        if _has_responses(args, kwargs):
-            args, kwargs = await _resolve_responses(args, kwargs)
-        payload = None
-        wire_ctx = ctx.to_wire()
+    async def _on_replica(self, model_id: str, use: Callable[[ReplicaSlot, Any], Awaitable[Any]],
+                          hold: bool) -> Tuple[ReplicaSlot, Any]:
+        """The one routing skeleton: assign a replica, ``use`` it through its channel
+        (in this process or over the transport); a replica that was never reached
+        is dropped and another tried. With ``hold`` the slot stays taken (streams,
+        sessions) until the caller releases it."""
         while True:
-            slot = await self.assign(ctx.multiplexed_model_id)
+            slot = await self.assign(model_id)
             try:
-                replica = self.runtime.local_replica(slot)
-                if replica is not None:  # same process: no socket, no mux
-                    if copy:
-                        payload = payload or dumps((args, kwargs))
-                        result = await replica.call(method, payload, wire_ctx)
-                        return loads(dumps(result))
-                    return await replica.call_args(method, args, kwargs, wire_ctx)
-                payload = payload or dumps((args, kwargs))
-                conn = self.runtime.connection(slot.address)
-                try:
-                    i, fut = await conn.request(slot.key, method, payload, wire_ctx)
-                except ActorDiedError:  # the worker is unreachable: nothing was sent, try another
-                    self.drop(slot)
-                    continue
-                try:
-                    msg = await fut
-                except asyncio.CancelledError:
-                    conn.cancel(i)
-                    raise
-            finally:
-                self.release(slot)
-            if "r" in msg:
-                return loads(msg["r"])
-            if "e" in msg:
-                raise unpack_exception(msg["e"])
-            self.drop(slot)  # "g": that replica is gone; try another
-
-    async def stream(
-        self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True
-    ) -> AsyncIterator[Any]:
-        """One streaming call; items are yielded as the replica produces them."""
-        if _has_responses(args, kwargs):
-            args, kwargs = await _resolve_responses(args, kwargs)
-        payload = None
-        wire_ctx = ctx.to_wire()
-        while True:
-            slot = await self.assign(ctx.multiplexed_model_id)
-            try:
-                replica = self.runtime.local_replica(slot)
-                if replica is not None:
-                    if copy:
-                        payload = payload or dumps((args, kwargs))
-                        items = replica.stream(method, payload, wire_ctx)
-                    else:
-                        items = replica.stream_args(method, args, kwargs, wire_ctx)
-                    try:  # close explicitly: finalizer hooks cost a syscall and hold the slot
-                        async for item in items:
-                            if isinstance(item, LastItem):
-                                yield item.value if not copy else loads(dumps(item.value))
-                                return
-                            yield loads(dumps(item)) if copy else item
-                    finally:
-                        await items.aclose()
-                    return
-                payload = payload or dumps((args, kwargs))
-                conn = self.runtime.connection(slot.address)
-                try:
-                    i, queue = await conn.stream(slot.key, method, payload, wire_ctx)
-                except ActorDiedError:  # unreachable: nothing was sent, try another
-                    self.drop(slot)
-                    continue
-                first = True
-                finished = False
-                try:
-                    while True:
-                        msg = await queue.get()
-                        if isinstance(msg, StreamEnd):
-                            finished = True
-                            raise msg.error
-                        if "c" in msg:
-                            first = False
-                            yield loads(msg["c"])
-                            if "d" not in msg:
-                                continue
-                        finished = True
-                        if "d" in msg:
-                            return
-                        if "e" in msg:
-                            raise unpack_exception(msg["e"])
-                        if first:  # "g": gone before it started; retry elsewhere
-                            break
-                        raise RequestCancelledError(ctx.request_id)
-                finally:
-                    if not finished:
-                        conn.cancel(i)
-            finally:
-                self.release(slot)
-            self.drop(slot)
-
-
-    async def websocket(self, scope: dict, ctx: RequestContext) -> "WebSocketSession":
-        """Open a WebSocket session on a replica (it holds one request slot while open)."""
-        wire_ctx = ctx.to_wire()
-        while True:
-            slot = await self.assign(ctx.multiplexed_model_id)
-            replica = self.runtime.local_replica(slot)
-            if replica is not None:
-                inbox: asyncio.Queue = asyncio.Queue()
-                return WebSocketSession(self, slot, replica.websocket(scope, inbox.get, wire_ctx), inbox.put_nowait)
-            conn = self.runtime.connection(slot.address)
-            try:
-                i, channel = await conn.websocket(slot.key, dumps(scope), wire_ctx)
-            except ActorDiedError:
+                result = await use(slot, self.runtime.channel(slot))
+            except Undelivered:
                 self.release(slot)
                 self.drop(slot)
                 continue
             except BaseException:
                 self.release(slot)
                 raise
-            return WebSocketSession(self, slot, _channel_items(channel, conn, i), lambda event: conn.push(i, event))
+            if not hold:
+                self.release(slot)
+            return slot, result
+
+    async def call(self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True) -> Any:
+        """One unary call. ``copy=False`` lets a replica in this very process
+        take the arguments as they are (the proxy's freshly built requests)."""
+        wire_ctx = ctx.to_wire()
+        _, result = await self._on_replica(
+            ctx.multiplexed_model_id,
+            lambda slot, channel: channel.call(slot.key, method, args, kwargs, wire_ctx, copy),
+            hold=False,
+        )
+        return result
+
+    async def stream(
+        self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True
+    ) -> AsyncIterator[Any]:
+        """One streaming call; items are yielded as the replica produces them."""
+        wire_ctx = ctx.to_wire()
+        slot, items = await self._on_replica(
+            ctx.multiplexed_model_id,
+            lambda slot, channel: channel.stream(slot.key, method, args, kwargs, wire_ctx, copy),
+            hold=True,
+        )
+        try:
+            async for item in items:
+                yield item
+        finally:
+            try:
+                await items.aclose()
+            finally:
+                self.release(slot)
+
+    async def websocket(self, scope: Scope, ctx: RequestContext) -> "WebSocketSession":
+        """Open a WebSocket session on a replica (it holds one request slot while open)."""
+        wire_ctx = ctx.to_wire()
+        slot, (outbound, push) = await self._on_replica(
+            ctx.multiplexed_model_id,
+            lambda slot, channel: channel.websocket(slot.key, scope, wire_ctx),
+            hold=True,
+        )
+        return WebSocketSession(self, slot, outbound, push)
 
 
 class WebSocketSession:
     """A WebSocket session through a router: push client events in, iterate the app's messages out."""
 
-    def __init__(self, router: Router, slot: ReplicaSlot, outbound: AsyncIterator[dict], push: Any) -> None:
+    def __init__(self, router: Router, slot: ReplicaSlot, outbound: AsyncIterator[dict],
+                 push: Callable[[dict], None]) -> None:
         self.router, self.slot, self.outbound, self.push = router, slot, outbound, push
         self.closed = False
 
@@ -290,47 +230,3 @@ class WebSocketSession:
                 await self.outbound.aclose()
             finally:
                 self.router.release(self.slot)
-
-
-async def _channel_items(channel: Any, conn: Any, i: int) -> AsyncIterator[dict]:
-    finished = False
-    try:
-        while True:
-            msg = await channel.get()
-            if isinstance(msg, StreamEnd):
-                finished = True
-                raise msg.error
-            if "c" in msg:
-                yield loads(msg["c"])
-            if "d" in msg or "e" in msg or "g" in msg:
-                finished = True
-                if "e" in msg:
-                    raise unpack_exception(msg["e"])
-                return
-    finally:
-        if not finished:
-            conn.cancel(i)
-
-
-_response_type: Any = None
-
-
-def _has_responses(args: tuple, kwargs: dict) -> bool:
-    global _response_type
-    if _response_type is None:
-        from ..handle import DeploymentResponse
-
-        _response_type = DeploymentResponse
-    return any(isinstance(a, _response_type) for a in args) or any(
-        isinstance(v, _response_type) for v in kwargs.values()
-    )
-
-
-async def _resolve_responses(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Replace DeploymentResponse arguments by their results (chained calls)."""
-    DeploymentResponse = _response_type
-    if any(isinstance(a, DeploymentResponse) for a in args):
-        args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
-    if any(isinstance(v, DeploymentResponse) for v in kwargs.values()):
-        kwargs = {k: (await v if isinstance(v, DeploymentResponse) else v) for k, v in kwargs.items()}
-    return args, kwargs

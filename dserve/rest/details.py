@@ -1,15 +1,16 @@
-"""The controller's state as Ray Serve's REST response shapes (V1 and V2)."""
+"""The REST API's views: the controller's state as Ray Serve's response shapes (V1 status, V2 details)."""
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any, Dict
 
-from ..schema import ServeInstanceDetails, ServeStatusSchema
+from ..config import DEFAULT_GRPC_PORT
+from ..schema import MULTI_APP, ServeInstanceDetails, ServeStatusSchema
 
 if TYPE_CHECKING:
-    from .application_state import ApplicationState
-    from .deployment_state import DeploymentState
-    from .plugin import Controller
+    from ..controller.application_state import ApplicationState
+    from ..controller.deployment_state import DeploymentState
+    from ..controller.plugin import Controller
 
 __all__ = ["instance_details", "v1_status"]
 
@@ -75,25 +76,25 @@ def instance_details(controller: "Controller") -> Dict[str, Any]:
         node: {"node_id": node, "node_ip": node, "actor_id": None,
                "actor_name": f"SERVE_PROXY::{p['worker']}", "worker_id": p["worker"],
                "log_file_path": None, "status": p["status"]}
-        for node, p in controller.proxy_state.status().items()
+        for node, p in controller.proxies.status().items()
     }
     details = {
         "controller_info": {"node_id": host, "node_ip": host, "actor_id": controller.scheduler.address,
                             "actor_name": "dserve-controller", "worker_id": str(os.getpid()),
                             "log_file_path": None},
-        "proxy_location": controller.proxy_state.location.value,
-        "http_options": controller.proxy_state.http_options.model_dump(
+        "proxy_location": controller.proxies.location.value,
+        "http_options": controller.proxies.http_options.model_dump(
             include={"host", "port", "root_path", "request_timeout_s", "keep_alive_timeout_s"}),
-        "grpc_options": controller.options.get("grpc_options", {"port": 9000, "grpc_servicer_functions": []}),
+        "grpc_options": controller.options.get("grpc_options", {"port": DEFAULT_GRPC_PORT, "grpc_servicer_functions": []}),
         "proxies": proxies,
-        "deploy_mode": controller.declarative.mode or "MULTI_APP",
-        "applications": {name: _application(app) for name, app in controller.apps.items()},
+        "deploy_mode": controller.store.deploy_mode or MULTI_APP,
+        "applications": {name: _application(app) for name, app in controller.store.apps.items()},
     }
     return ServeInstanceDetails.model_validate(details).model_dump(mode="json")
 
 
 def v1_status(controller: "Controller") -> Dict[str, Any]:
-    app = controller.apps.get("default")
+    app = controller.store.apps.get("default")
     if app is None:
         body = {"name": "default", "app_status": {"status": "NOT_STARTED", "message": "", "deployment_timestamp": 0},
                 "deployment_statuses": []}

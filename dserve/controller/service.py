@@ -1,0 +1,195 @@
+"""The controller's RPC surface: what ``serve.*``, the REST API and the CLI call.
+
+Each method here is registered as the scheduler handler ``dserve_<name>`` (see
+``plugin.RPC_HANDLERS``). They change the goal state, then checkpoint, publish
+and wake the reconciler; waiting calls wait for reconcile ticks, never block
+the scheduler's loop.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from ..config import PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions
+from ..schema import MULTI_APP, ApplicationStatus
+from ..serialization import loads
+from ..spec import ApplicationSpec
+from ..types import ReplicaSetSnapshot
+from .application_state import ApplicationState
+
+if TYPE_CHECKING:
+    from .plugin import Controller
+
+__all__ = ["ControllerService", "proxy_settings"]
+
+
+def proxy_settings(options: Dict[str, Any]) -> tuple:
+    """(HTTPOptions, ProxyLocation, gRPCOptions) from the controller's options."""
+    http = HTTPOptions(**options.get("http_options", {}))
+    grpc = gRPCOptions(**options.get("grpc_options", {}))
+    return http, ProxyLocation.parse(options.get("proxy_location")), grpc
+
+
+class ControllerService:
+    """The ``dserve_*`` scheduler RPC handlers, over the controller's parts."""
+
+    def __init__(self, controller: "Controller") -> None:
+        self.controller = controller
+        self.serving = True  # False after a shutdown, until the next start or deploy
+
+    @property
+    def _store(self) -> Any:
+        return self.controller.store
+
+    async def _ready(self) -> None:
+        await self.controller.ready()
+
+    def _changed(self) -> None:
+        """The goal state changed: persist it, publish it, act on it."""
+        self._store.checkpoint()
+        self.controller.publisher.notify_change()
+        self.controller.reconciler.wake()
+
+    async def _ensure_serving(self) -> None:
+        """After a shutdown, the next start or deploy brings the proxies back."""
+        if not self.serving:
+            self.serving = True
+            await self.controller.proxies.reconfigure(*proxy_settings(self.controller.options))
+
+    # ---- handlers ----
+    async def ping(self) -> Dict[str, Any]:
+        await self._ready()
+        return {"ok": True, "started_at": self.controller.started_at}
+
+    async def start(self, options: Dict[str, Any], wait: bool = True) -> Dict[str, Any]:
+        """(Re)apply proxy options from serve.start; wait briefly for the proxies."""
+        await self._ready()
+        await self._ensure_serving()
+        controller = self.controller
+        if {"http_options", "proxy_location", "grpc_options"} & set(options):
+            merged = {**controller.options, **options}
+            for key in ("http_options", "grpc_options"):  # fields not given keep their current values
+                if key in options:
+                    merged[key] = {**controller.options.get(key, {}), **options[key]}
+            settings = proxy_settings(merged)
+            if settings != controller.proxies.settings:
+                await controller.proxies.reconfigure(*settings)
+            controller.options.clear()
+            controller.options.update(merged)
+        controller.reconciler.step()
+        deadline = time.monotonic() + (PROXY_START_WAIT_S if wait else 0)
+        while time.monotonic() < deadline and controller.proxies.starting:
+            await controller.reconciler.next_tick(0.5)
+        return {"ok": True, "proxies": controller.proxies.status()}
+
+    async def deploy_config(self, config: Dict[str, Any], mode: str = MULTI_APP,
+                            force: bool = False) -> Dict[str, Any]:
+        """Declarative deploy of a whole config (see ``declarative``)."""
+        await self._ready()
+        await self._ensure_serving()
+        return await self.controller.declarative.deploy(config, mode, force)
+
+    async def deploy(self, spec: bytes) -> Dict[str, Any]:
+        """Deploy or update applications; returns at once (see ``wait``)."""
+        await self._ready()
+        await self._ensure_serving()
+        specs: List[ApplicationSpec] = loads(spec)
+        error = self._check_routes(specs)
+        if error:
+            return {"error": error}
+        apps = self._store.apps
+        for app_spec in specs:
+            app = apps.get(app_spec.name)
+            if app is None:
+                apps[app_spec.name] = ApplicationState(self.controller, app_spec)
+            else:  # a deleted app that is not gone yet is taken over
+                app.apply(app_spec)
+        self._changed()
+        return {"ok": True}
+
+    def _check_routes(self, specs: List[ApplicationSpec]) -> str:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            return f"application names must be unique, got {names}"
+        taken = {a.route_prefix: a.name for a in self._store.apps.values() if a.route_prefix and not a.deleting}
+        for s in specs:
+            if s.route_prefix is None:
+                continue
+            owner = taken.get(s.route_prefix)
+            if owner is not None and owner != s.name and owner not in names:
+                return (
+                    f"Prefix {s.route_prefix} is being used by application \"{owner}\". "
+                    f"Failed to deploy application \"{s.name}\"."
+                )
+            taken[s.route_prefix] = s.name
+        return ""
+
+    async def wait(self, name: str, timeout: float = 5.0) -> Dict[str, Any]:
+        """Wait until an application is RUNNING or DEPLOY_FAILED (or timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            app = self._store.apps.get(name)
+            if app is None:
+                return {"status": ApplicationStatus.NOT_STARTED.value, "message": f"no application named {name!r}"}
+            status = app.status
+            if status in (ApplicationStatus.RUNNING, ApplicationStatus.DEPLOY_FAILED) or time.monotonic() >= deadline:
+                return {"status": status.value, "message": app.message}
+            await self.controller.reconciler.next_tick(deadline - time.monotonic())
+
+    async def delete(self, names: List[str], wait: bool = True, timeout: float = 60.0) -> Dict[str, Any]:
+        apps = self._store.apps
+        for name in names:
+            app = apps.get(name)
+            if app is not None:
+                app.delete()
+        self._changed()
+        deadline = time.monotonic() + timeout
+        while wait and any(n in apps for n in names) and time.monotonic() < deadline:
+            await self.controller.reconciler.next_tick(deadline - time.monotonic())
+        return {"ok": True, "remaining": [n for n in names if n in apps]}
+
+    async def shutdown(self, timeout: float = 60.0) -> Dict[str, Any]:
+        """Delete every application and stop the proxies (the cluster keeps running)."""
+        result = await self.delete(list(self._store.apps), wait=True, timeout=timeout)
+        proxies = self.controller.proxies
+        await proxies.reconfigure(proxies.http_options, ProxyLocation.Disabled, proxies.grpc_options)
+        self.serving = False
+        return result
+
+    async def status(self) -> Dict[str, Any]:
+        proxies = self.controller.proxies.status()
+        return {
+            "applications": {name: app.status_dict() for name, app in self._store.apps.items()},
+            "proxies": {host: p["status"] for host, p in proxies.items()},
+            "proxy_details": proxies,
+            "rest_port": self.controller.rest_port,
+            "restored_from_checkpoint": self._store.restored_from_checkpoint,
+        }
+
+    async def app_info(self, name: str) -> Optional[Dict[str, Any]]:
+        app = self._store.live(name)
+        if app is None:
+            return None
+        return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
+                "deployments": list(app.deployments)}
+
+    async def report_running(self, counts: Dict[str, int]) -> None:
+        """A worker's replicas and how many requests each is running."""
+        self.controller.metrics.report_running(counts)
+
+    async def report_queued(self, source: str, counts: Dict[str, int]) -> None:
+        """A caller's queued requests per deployment (at once when one waits on zero replicas)."""
+        self.controller.metrics.report_queued(source, counts)
+        if any(counts.values()):
+            self.controller.reconciler.wake()
+
+    async def report_models(self, replica_id: str, model_ids: List[str]) -> bool:
+        """A replica's multiplexed models changed (routers prefer replicas holding a model)."""
+        app_name, dep_name, _ = replica_id.split("#", 2)
+        app = self._store.apps.get(app_name)
+        dep = app.deployments.get(dep_name) if app is not None else None
+        return dep.report_models(replica_id, model_ids) if dep is not None else False
+
+    async def listen(self, versions: Dict[str, int], timeout: float = 20.0) -> Dict[str, ReplicaSetSnapshot]:
+        """Long poll: the replica sets (and route table) whose version differs from the caller's."""
+        return await self.controller.publisher.listen(versions, timeout)
