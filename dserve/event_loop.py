@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from distributed import Worker
 
 __all__ = ["home_loop", "in_loop_thread", "worker_or_none", "set_process_worker"]
 
 _lock = threading.Lock()
 _thread_loop: Optional[asyncio.AbstractEventLoop] = None
-_process_worker = None  # set by dserve's worker plugin in worker processes
+_process_worker: Optional["Worker"] = None  # set by dserve's worker plugin in worker processes
 
 
-def set_process_worker(worker) -> None:
+def set_process_worker(worker: Optional["Worker"]) -> None:
     global _process_worker
     _process_worker = worker
 
 
-def worker_or_none():
+def worker_or_none() -> Optional["Worker"]:
     """The Dask worker this process serves as, if any (a closed one no longer counts)."""
     global _process_worker
     if _process_worker is not None:

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
@@ -22,6 +23,8 @@ from typing import Any
 import cloudpickle
 
 __all__ = ["dumps", "loads", "dumps_code", "ship_module_by_value", "pack_exception", "unpack_exception"]
+
+logger = logging.getLogger("dserve")
 
 _by_value_markers: tuple[bytes, ...] = (b"__main__",)
 
@@ -127,8 +130,8 @@ def _with_remote_traceback(exc: BaseException, tb: str) -> BaseException:
             copy.args = exc.args
             copy.__dict__.update(exc.__dict__)
             exc = copy
-        except Exception:
-            pass
+        except Exception:  # noqa: BLE001 - an exception type that cannot be copied keeps its own class
+            logger.debug("cannot attach the remote traceback to a %s subclass; keeping its class", cls.__name__)
     exc._dserve_remote_tb = tb  # type: ignore[attr-defined]
     exc.__cause__ = RemoteTraceback(tb)
     return exc

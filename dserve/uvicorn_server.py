@@ -46,7 +46,7 @@ class EmbeddedServer(uvicorn.Server):
     task: Optional[asyncio.Task] = None
     port: int = 0
 
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> contextlib.AbstractContextManager:  # type: ignore[override]
         return contextlib.nullcontext()
 
     async def start_serving(self, host: str, port: int) -> None:

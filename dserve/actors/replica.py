@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
 from ..ingress import prepare_asgi_app
 from ..serialization import loads
-from ..types import Scope, WireContext
+from ..types import Message, Receive, Scope, WireContext
 from ..wire import GRPC_METHOD, HTTP_METHOD
 from .grpc_adapter import serve_grpc
 from .http_adapter import serve_http, serve_websocket
@@ -222,11 +222,11 @@ class ReplicaActor:
             found = self._methods[name] = (fn, _kind(fn))
         return found
 
-    def _serve_http(self, scope: dict, body: bytes) -> AsyncIterator[list]:
+    def _serve_http(self, scope: Scope, body: bytes) -> AsyncIterator[list]:
         """One HTTP request from a proxy: ASGI messages come back in batches."""
         return serve_http(self._asgi_app, self._call_with_request, scope, body)
 
-    async def websocket(self, scope: Scope, receive: Callable[[], Any], ctx: Optional[WireContext]) -> AsyncIterator[dict]:
+    async def websocket(self, scope: Scope, receive: Receive, ctx: Optional[WireContext]) -> AsyncIterator[Message]:
         """One WebSocket session from a proxy (it holds a request slot while open)."""
         self._enter(ctx)
         try:

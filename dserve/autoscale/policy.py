@@ -84,8 +84,8 @@ class Autoscaler:
         self.last_decision = ""
         self.last_decision_at: Optional[float] = None
         self.policy_state: Dict[str, Any] = {}
-        self.last_up: Optional[float] = None
-        self.last_down: Optional[float] = None
+        self.last_up: Optional[float] = None  # time.time() of the last scale-up decision
+        self.last_down: Optional[float] = None  # ... and of the last scale-down decision
 
     def decide(self, config: AutoscalingConfig, current: int, running: int, samples: list,
                running_requests: int, queued_requests: int, names: Tuple[str, str]) -> Tuple[int, str]:
@@ -94,7 +94,7 @@ class Autoscaler:
         load = _aggregate([v for _, v in samples], config.aggregation_function)
         if current == 0 and queued_requests > 0:  # immediate 0 -> 1 path
             target = max(1, config.min_replicas, min(config.max_replicas, default_desired(config, 0, queued_requests)))
-            return self._decided(now, target, f"{queued_requests} request(s) waiting with no replicas")
+            return self._decided(now, target, f"{queued_requests} request(s) waiting with no replicas", current)
         if config.policy is not None:
             context = AutoscalingContext(
                 config, names[1], names[0], running, current, running, running_requests, queued_requests,
@@ -108,7 +108,7 @@ class Autoscaler:
             if desired == current:
                 return current, ""
             # a custom policy owns its timing (it can keep state in policy_state)
-            return self._decided(now, desired, f"custom policy chose {desired} (was {current})")
+            return self._decided(now, desired, f"custom policy chose {desired} (was {current})", current)
         desired = default_desired(config, current, load)
         if desired == current:
             self.wanted = None
@@ -126,9 +126,13 @@ class Autoscaler:
         direction = "up" if desired > current else "down"
         return self._decided(now, desired, f"scaled {direction} from {current} to {desired}: average load "
                                            f"{load:.2f} over the look-back window, target_ongoing_requests="
-                                           f"{config.target_ongoing_requests:g}")
+                                           f"{config.target_ongoing_requests:g}", current)
 
-    def _decided(self, now: float, target: int, why: str) -> Tuple[int, str]:
+    def _decided(self, now: float, target: int, why: str, current: int) -> Tuple[int, str]:
         self.wanted = None
         self.last_decision, self.last_decision_at = why, time.time()
+        if target > current:
+            self.last_up = self.last_decision_at
+        elif target < current:
+            self.last_down = self.last_decision_at
         return target, why

@@ -9,6 +9,7 @@ to routers through the controller's publisher.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -47,6 +48,7 @@ class DeploymentState:
         self.deleting = False
         self.version = controller.publisher.next_version()
         self.ever_healthy = False
+        self.policy_error = ""  # why the last autoscaling decision failed, if it did
         self.autoscaler = Autoscaler()
 
     # ---- goal state ----
@@ -119,8 +121,18 @@ class DeploymentState:
         running_requests = metrics.total_running([r.replica_id for r in running])
         queued = metrics.total_queued(self.key)
         samples = metrics.sample(self.key, running_requests + queued, config.look_back_period_s)
-        target, why = self.autoscaler.decide(config, self.target, len(running), list(samples), running_requests,
-                                             queued, (self.app, self.name))
+        try:
+            target, why = self.autoscaler.decide(config, self.target, len(running), list(samples),
+                                                 running_requests, queued, (self.app, self.name))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - user policy code: even SystemExit must not stop the scheduler
+            logger.warning("autoscaling policy of %s failed: %r", self.key, exc, exc_info=True)
+            self.policy_error = (f"The autoscaling policy failed ({type(exc).__name__}: {exc}); "
+                                 f"keeping {self.target} replica(s).")
+            self.message = self.policy_error
+            return
+        self.policy_error = ""
         if target != self.target:
             logger.info("autoscaling %s: %s", self.key, why)
             self.status = DeploymentStatus.UPSCALING if target > self.target else DeploymentStatus.DOWNSCALING

@@ -32,6 +32,7 @@ from distributed.protocol.pickle import dumps as dask_dumps
 from ..actors.worker_plugin import PLUGIN_NAME, DServeWorkerPlugin
 from ..autoscale import LoadMetrics
 from ..config import DEFAULT_REST_PORT
+from ..exceptions import RayServeException
 from ..proxy.server import PROXY_PLUGIN_NAME, ProxyWorkerPlugin
 from ..rest.server import start_rest_server
 from .application_state import ApplicationState
@@ -148,7 +149,7 @@ class Controller(SchedulerPlugin):
         """Wait until the controller has booted; raise why if it could not."""
         await self._ready.wait()
         if self._boot_error is not None:
-            raise RuntimeError(f"the dserve controller failed to start: {self._boot_error!r}")
+            raise RayServeException(f"the dserve controller failed to start: {self._boot_error!r}")
 
     async def before_close(self) -> None:
         """The scheduler is closing: stop reacting to workers leaving."""

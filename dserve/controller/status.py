@@ -79,7 +79,7 @@ def settle_status(dep: "DeploymentState") -> None:
             else:
                 dep.trigger = DeploymentStatusTrigger.UPSCALE_COMPLETED
         dep.status = DeploymentStatus.HEALTHY
-        dep.message = ""
+        dep.message = dep.policy_error
         dep.ever_healthy = True
     elif dep.ever_healthy and len(running) < dep.target and dep.trigger == DeploymentStatusTrigger.HEALTH_CHECK_FAILED:
         dep.status = DeploymentStatus.UNHEALTHY

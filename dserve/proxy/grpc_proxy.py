@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import grpc
 
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..wire import GRPC_METHOD
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 __all__ = ["GRPCProxy"]
 
@@ -67,7 +70,7 @@ def _encode_string_field(value: str) -> bytes:
 
 
 class GRPCProxy:
-    def __init__(self, runtime: Any, servicer_functions: List[str], request_timeout_s: Optional[float]) -> None:
+    def __init__(self, runtime: "Runtime", servicer_functions: List[str], request_timeout_s: Optional[float]) -> None:
         self.runtime = runtime
         self.servicer_functions = servicer_functions
         self.request_timeout_s = request_timeout_s

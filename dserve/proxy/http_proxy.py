@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..config import DISCONNECT_WATCH_AFTER_S
 from ..context import RequestContext, new_request_id
@@ -20,6 +20,9 @@ from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import Receive, RouteTable, Scope, Send
 from ..wire import HTTP_METHOD
 from .websocket import forward_websocket
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 __all__ = ["HTTPProxy"]
 
@@ -48,7 +51,7 @@ async def _send_plain(send: Send, status: int, text: str, headers: Optional[List
 class HTTPProxy:
     """ASGI app of one proxy; its route table follows the controller's."""
 
-    def __init__(self, runtime: Any, root_path: str = "", request_timeout_s: Optional[float] = None) -> None:
+    def __init__(self, runtime: "Runtime", root_path: str = "", request_timeout_s: Optional[float] = None) -> None:
         self.runtime = runtime
         self.root_path = root_path.rstrip("/")
         self.request_timeout_s = request_timeout_s
@@ -101,7 +104,7 @@ class HTTPProxy:
         else:
             await forward_websocket(self, scope, receive, send, route)
 
-    def request_context(self, scope: dict, route: Tuple[str, str, str]) -> RequestContext:
+    def request_context(self, scope: Scope, route: Tuple[str, str, str]) -> RequestContext:
         request_id = model_id = ""
         size = 0
         for name, value in scope["headers"]:
@@ -114,7 +117,7 @@ class HTTPProxy:
             raise _HeadersTooLarge(size)
         return RequestContext(request_id or new_request_id(), route[0], route[1], model_id)
 
-    def forwarded_scope(self, scope: dict, route: Tuple[str, str, str]) -> dict:
+    def forwarded_scope(self, scope: Scope, route: Tuple[str, str, str]) -> Scope:
         out = {k: scope[k] for k in _SCOPE_KEYS if k in scope}
         prefix = route[0]
         out["root_path"] = self.root_path + (prefix if prefix != "/" else "")  # Starlette strips it
@@ -180,7 +183,7 @@ class HTTPProxy:
             for watcher in watchers:
                 watcher.cancel()
 
-    async def _relay(self, scope: dict, body: bytes, send: Any, route: Tuple[str, str, str],
+    async def _relay(self, scope: Scope, body: bytes, send: Send, route: Tuple[str, str, str],
                      ctx: RequestContext, rid_header: tuple, state: dict) -> None:
         router = self.runtime.router(route[1], route[2])
         stream = router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx, copy=False)

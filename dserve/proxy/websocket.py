@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Tuple
+from typing import TYPE_CHECKING, Tuple
 
 from ..exceptions import BackPressureError, DeploymentUnavailableError
+from ..types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from .http_proxy import HTTPProxy
 
 __all__ = ["forward_websocket"]
 
 logger = logging.getLogger("dserve.proxy")
 
 
-async def forward_websocket(proxy: Any, scope: dict, receive: Any, send: Any, route: Tuple[str, str, str]) -> None:
+async def forward_websocket(proxy: "HTTPProxy", scope: Scope, receive: Receive, send: Send,
+                            route: Tuple[str, str, str]) -> None:
+    """Relay one WebSocket session between the client and a replica of ``route``'s ingress."""
     try:
         ctx = proxy.request_context(scope, route)
     except Exception:  # noqa: BLE001 - headers over the limit
@@ -49,8 +55,8 @@ async def forward_websocket(proxy: Any, scope: dict, receive: Any, send: Any, ro
         logger.warning("WebSocket session %s failed: %r", ctx.request_id, exc)
         try:
             await send({"type": "websocket.close", "code": 1011})
-        except Exception:  # noqa: BLE001 - the client may be gone already
-            pass
+        except Exception as close_exc:  # noqa: BLE001 - the client may be gone already
+            logger.debug("WebSocket session %s: close failed: %r", ctx.request_id, close_exc)
     finally:
         pump.cancel()
         await session.close()

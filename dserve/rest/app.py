@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .._version import __version__
 from ..schema import MULTI_APP, SINGLE_APP
+from ..types import Receive, Scope, Send
 from .details import instance_details, v1_status
 
 __all__ = ["create_app"]
@@ -88,7 +89,7 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
         inner = app
         expected = f"Bearer {token}".encode()
 
-        async def with_auth(scope: dict, receive: Any, send: Any) -> None:
+        async def with_auth(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
                 given = dict(scope["headers"]).get(b"authorization", b"")
                 if not hmac.compare_digest(given, expected):

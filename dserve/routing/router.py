@@ -13,12 +13,15 @@ import asyncio
 import collections
 import random
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Deque, List, Optional, Tuple
 
 from ..context import RequestContext
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import ReplicaSetSnapshot, Scope
 from .transport import Undelivered
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 __all__ = ["Router", "ReplicaSlot"]
 
@@ -45,7 +48,7 @@ class _Waiter:
 class Router:
     """Routes calls for one deployment from this process to its replicas."""
 
-    def __init__(self, runtime: Any, app: str, deployment: str) -> None:
+    def __init__(self, runtime: "Runtime", app: str, deployment: str) -> None:
         self.runtime = runtime
         self.app = app
         self.deployment = deployment

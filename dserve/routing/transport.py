@@ -25,7 +25,7 @@ from distributed.comm import connect
 
 from ..exceptions import ActorDiedError, RequestCancelledError
 from ..serialization import dumps, loads, pack_exception, unpack_exception
-from ..types import WireContext, WireMessage
+from ..types import Message, Scope, WireContext, WireMessage
 from ..wire import (
     CANCEL, CONTEXT, DONE, ERROR, EVENT, GONE, ID, ITEM, KEY, KIND, METHOD, MUX_OP, PAYLOAD, RESULT, STREAM,
     WEBSOCKET, Coalescer, LastItem, decode,
@@ -184,7 +184,7 @@ class MuxConnection:
             raise Undelivered(first[GONE])
         return self._items(i, inbox, first, ctx.get("rid", ""))
 
-    async def websocket(self, key: str, scope: dict, ctx: WireContext) -> Tuple[AsyncIterator[dict], Push]:
+    async def websocket(self, key: str, scope: Scope, ctx: WireContext) -> Tuple[AsyncIterator[Message], Push]:
         """Open a WebSocket session: the app's messages, and a function that pushes client events."""
         inbox = _Inbox()
         i = await self._send({KEY: key, METHOD: "", PAYLOAD: dumps(scope), CONTEXT: ctx, KIND: WEBSOCKET}, inbox)
@@ -270,7 +270,7 @@ class InProcessChannel:
         finally:
             await items.aclose()
 
-    async def websocket(self, key: str, scope: dict, ctx: WireContext) -> Tuple[AsyncIterator[dict], Push]:
+    async def websocket(self, key: str, scope: Scope, ctx: WireContext) -> Tuple[AsyncIterator[Message], Push]:
         inbox: asyncio.Queue = asyncio.Queue()
         return self.replica.websocket(scope, inbox.get, ctx), inbox.put_nowait
 
