@@ -58,7 +58,8 @@ async def _ensure_controller(runtime: Runtime, options: Dict[str, Any]) -> None:
     await runtime.rpc("dserve_start", options=options)
 
 
-def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = None) -> Runtime:
+def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
+             security: Any = None) -> Runtime:
     """Connect this process to dserve (starting the controller, or a cluster, if needed)."""
     global _owned_cluster
     runtime = current_runtime()
@@ -75,8 +76,10 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
             raise RayServeException("inside a Dask worker, dserve uses the worker's own scheduler")
         _owned_cluster = _cluster.start_embedded_cluster()
         scheduler_address = _owned_cluster.scheduler_address
+        security = security or getattr(_owned_cluster, "security", None)
         options["embedded"] = True  # lives and dies with this process: no state file needed
-    runtime = Runtime(scheduler_address, home_loop())
+    security = _cluster.find_security(scheduler_address, security)
+    runtime = Runtime(scheduler_address, home_loop(), connection_args=security.get_connection_args("client"))
     try:
         _sync(runtime, _ensure_controller(runtime, options), timeout=60)
     except BaseException:
@@ -116,10 +119,12 @@ def start(
     proxy_location: Union[None, str, ProxyLocation] = None,
     *,
     address: Optional[str] = None,
+    security: Any = None,
     **_ignored: Any,
 ) -> None:
-    """Start dserve on a Dask cluster (found or embedded); idempotent."""
-    _connect(address, _options(http_options, grpc_options, proxy_location))
+    """Start dserve on a Dask cluster (found or embedded); idempotent. ``security``: the
+    ``distributed.Security`` of a TLS cluster (default: the default Client's, or Dask's config)."""
+    _connect(address, _options(http_options, grpc_options, proxy_location), security)
 
 
 def deploy_specs(runtime: Runtime, specs: list) -> None:

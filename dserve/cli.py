@@ -17,6 +17,7 @@ import httpx
 import yaml
 
 from . import launcher
+from .auth import HOW_TO_SUPPLY, AuthError, bearer_header, default_token_path, load_token
 from .config import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REST_PORT
 
 __all__ = ["cli"]
@@ -36,18 +37,23 @@ def _rest_address(address: Optional[str]) -> str:
     return DEFAULT_REST
 
 
+def _token() -> Optional[str]:
+    """The REST token: ``DSERVE_REST_TOKEN`` (compatibility), else the auth token sources."""
+    try:
+        return os.environ.get("DSERVE_REST_TOKEN") or load_token()
+    except AuthError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _request(method: str, address: Optional[str], path: str, **kwargs: Any) -> httpx.Response:
     base = _rest_address(address)
-    headers = {}
-    token = os.environ.get("DSERVE_REST_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    headers = bearer_header(_token())
     try:
         response = httpx.request(method, base + path, headers=headers, timeout=60, **kwargs)
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the dserve REST API at {base}: {exc}") from None
     if response.status_code == 401:
-        raise click.ClickException("the REST API refused the request: set DSERVE_REST_TOKEN to its bearer token")
+        raise click.ClickException(f"the REST API refused the request (401): {HOW_TO_SUPPLY}")
     if response.status_code >= 400:
         try:
             detail = response.json().get("error", response.text)
@@ -121,10 +127,12 @@ def cli() -> None:
 @click.option("--grpc-servicer-functions", multiple=True,
               help="Import path of an add_XServicer_to_server function (repeatable); enables the gRPC proxy.")
 @click.option("--rest-port", default=DEFAULT_REST_PORT, type=int, show_default=True, help="REST admin API port (launched clusters).")
+@click.option("--rest-host", default=DEFAULT_HOST, show_default=True,
+              help="Address the REST admin API binds (launched clusters); it requires the auth token.")
 @click.option("--n-workers", default=2, type=int, show_default=True, help="Workers of a launched cluster.")
 @click.option("--nthreads", default=4, type=int, show_default=True, help="Threads (CPU slots) per launched worker.")
 def start(address: Optional[str], http_host: str, http_port: int, proxy_location: str, grpc_port: int,
-          grpc_servicer_functions: tuple, rest_port: int, n_workers: int, nthreads: int) -> None:
+          grpc_servicer_functions: tuple, rest_port: int, rest_host: str, n_workers: int, nthreads: int) -> None:
     http_options = {"host": http_host, "port": http_port}
     grpc_options = {"port": grpc_port, "grpc_servicer_functions": list(grpc_servicer_functions)}
     if address:
@@ -137,16 +145,18 @@ def start(address: Optional[str], http_host: str, http_port: int, proxy_location
             raise click.ClickException(f"could not start dserve on {address}: {exc}") from None
         click.echo(f"dserve is running on the Dask cluster at {address}.")
         return
-    if launcher.launched():
-        raise click.ClickException(f"a cluster launched by `dserve start` is already running ({launcher.launched()['address']}); "
+    record = launcher.launched()
+    if record and launcher.ours(record):
+        raise click.ClickException(f"a cluster launched by `dserve start` is already running ({record['address']}); "
                                    "run `dserve shutdown` first")
     try:
         state = launcher.launch_local(http_host, http_port, proxy_location, rest_port, n_workers, nthreads,
-                                      grpc_options)
-    except launcher.LaunchError as exc:
+                                      grpc_options, rest_host=rest_host)
+    except (launcher.LaunchError, AuthError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Started a local Dask cluster with dserve.\n  scheduler: {state['address']}\n"
-               f"  REST API:  {state['rest_address']}\n  HTTP:      http://{http_host}:{http_port}\n"
+               f"  REST API:  {state['rest_address']} (token: DSERVE_AUTH_TOKEN or {default_token_path()})\n"
+               f"  HTTP:      http://{http_host}:{http_port}\n  logs:      {state['log']}\n"
                "Stop it with `dserve shutdown`.")
 
 

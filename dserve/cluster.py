@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import dask
 
-__all__ = ["find_address", "start_embedded_cluster"]
+__all__ = ["find_address", "find_security", "start_embedded_cluster"]
 
 logger = logging.getLogger("dserve")
 
@@ -36,6 +36,25 @@ def find_address(address: Optional[str] = None) -> Optional[str]:
     except (ValueError, ImportError):
         return None
     return client.scheduler.address if client.scheduler is not None else None
+
+
+def find_security(address: Optional[str], security: Any = None) -> Any:
+    """The ``distributed.Security`` to reach ``address`` with: the one given, else a
+    default ``Client``'s when it talks to that scheduler, else Dask's configured one
+    (``distributed.comm.tls.*``)."""
+    from distributed import Security
+
+    if security is not None:
+        return security
+    try:
+        from distributed import default_client
+
+        client = default_client()
+        if client.scheduler is not None and (address is None or client.scheduler.address == address):
+            return client.security
+    except (ValueError, ImportError):
+        pass  # no default client
+    return Security()
 
 
 def start_embedded_cluster() -> Any:

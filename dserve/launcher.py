@@ -1,8 +1,11 @@
 """The local cluster ``dserve start`` launches: spawn it, record it, stop it.
 
 A scheduler (with dserve preloaded) and workers run as detached processes in
-their own sessions; ``~/.dserve/cluster.json`` (``DSERVE_HOME``) records their
-addresses and process ids so later commands find and stop them.
+their own sessions, every listening socket on 127.0.0.1 (Dask dashboards
+included) unless asked otherwise; ``~/.dserve/cluster.json`` (``DSERVE_HOME``)
+records their addresses, process ids and each process's start time, so later
+commands find them and ``stop_launched`` signals only processes that provably
+are the ones it started (a stale record's reused pid is left alone).
 """
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ from typing import Any, Dict, Optional
 
 import httpx
 
-__all__ = ["LaunchError", "home", "state_file", "launched", "launch_local", "stop_launched", "alive"]
+from .auth import bearer_header, ensure_token, home_dir
+
+__all__ = ["LaunchError", "home", "state_file", "launched", "launch_local", "stop_launched", "ours", "identity",
+           "alive"]
 
 
 class LaunchError(Exception):
@@ -25,7 +31,7 @@ class LaunchError(Exception):
 
 
 def home() -> str:
-    return os.environ.get("DSERVE_HOME", os.path.join(os.path.expanduser("~"), ".dserve"))
+    return home_dir()
 
 
 def state_file() -> str:
@@ -47,56 +53,95 @@ def free_port() -> int:
 
 
 def launch_local(http_host: str, http_port: int, proxy_location: str, rest_port: int, n_workers: int,
-                  nthreads: int, grpc_options: Dict[str, Any]) -> Dict[str, Any]:
+                 nthreads: int, grpc_options: Dict[str, Any], rest_host: str = "127.0.0.1") -> Dict[str, Any]:
     """Spawn a scheduler (with dserve preloaded) and workers in their own sessions; record them."""
     os.makedirs(home(), exist_ok=True)
+    token = ensure_token()  # before the scheduler starts: it and every client read the same file
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    log = open(os.path.join(home(), "cluster.log"), "ab")
-    common = dict(stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    pids = []
-    scheduler = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--dashboard-address", ":0", "--preload", "dserve", "--dserve-http-host", http_host,
-         "--dserve-http-port", str(http_port), "--dserve-proxy-location", proxy_location,
-         "--dserve-rest-port", str(rest_port)], **common)
-    pids.append(scheduler.pid)
-    rest_address = f"http://127.0.0.1:{rest_port}"
-    state = {"address": address, "rest_address": rest_address, "pids": pids}
+    log_path = os.path.join(home(), "cluster.log")
+    log = open(log_path, "ab")
+    env = dict(os.environ)
     if grpc_options["grpc_servicer_functions"]:
-        common["env"] = dict(os.environ, DASK_DSERVE__GRPC_OPTIONS=json.dumps(grpc_options))
-    with open(state_file(), "w") as f:
-        json.dump(state, f)
-    for _ in range(n_workers):
-        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
-                                   str(nthreads), "--host", "127.0.0.1"], **common)
-        pids.append(worker.pid)
+        env["DASK_DSERVE__GRPC_OPTIONS"] = json.dumps(grpc_options)
+    common = dict(stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd(),
+                  env=env)
+    pids: list = []
+    identities: Dict[str, list] = {}
+    state = {"address": address, "rest_address": f"http://{_url_host(rest_host)}:{rest_port}", "pids": pids,
+             "identities": identities, "log": log_path}
+
+    def spawn(argv: list) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", *argv], **common)
+        pids.append(process.pid)
+        identities[str(process.pid)] = identity(process.pid)
         with open(state_file(), "w") as f:
             json.dump(state, f)
+        return process
+
+    scheduler = spawn(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                       "--dashboard-address", "127.0.0.1:0", "--preload", "dserve",
+                       "--dserve-http-host", http_host, "--dserve-http-port", str(http_port),
+                       "--dserve-proxy-location", proxy_location, "--dserve-rest-port", str(rest_port),
+                       "--dserve-rest-host", rest_host])
+    for _ in range(n_workers):
+        spawn(["distributed.cli.dask_worker", address, "--nthreads", str(nthreads), "--host", "127.0.0.1",
+               "--dashboard-address", "127.0.0.1:0"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(rest_address + "/api/serve/applications/", timeout=2).status_code == 200:
+            answer = httpx.get(state["rest_address"] + "/api/serve/applications/", headers=bearer_header(token),
+                               timeout=2)
+            if answer.status_code == 200:
                 break
         except httpx.HTTPError:
-            pass
+            pass  # not up yet
         if scheduler.poll() is not None:
-            raise LaunchError(f"the scheduler exited; see {os.path.join(home(), 'cluster.log')}")
+            raise LaunchError(f"the scheduler exited; see {log_path}")
         time.sleep(0.2)
     else:
-        raise LaunchError(f"the REST API did not come up at {rest_address}")
+        raise LaunchError(f"the REST API did not come up at {state['rest_address']}; see {log_path}")
     return state
 
 
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def identity(pid: int) -> list:
+    """What tells this process from a later one with the same pid: its start time (clock
+    ticks since boot, fixed at fork). Empty where there is no /proc to read it from."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return [f.read().rpartition(")")[2].split()[19]]
+    except (OSError, IndexError):
+        return []
+
+
+def ours(record: Dict[str, Any]) -> list:
+    """The recorded pids that still are the processes ``dserve start`` launched."""
+    identities = record.get("identities") or {}
+    found = []
+    for pid in record.get("pids", []):
+        expected = identities.get(str(pid))
+        if expected and identity(pid) == expected:
+            found.append(pid)
+    return found
+
+
 def stop_launched(record: Dict[str, Any]) -> None:
-    """Stop the processes ``dserve start`` launched (SIGTERM, then SIGKILL after 15s)."""
-    for pid in reversed(record.get("pids", [])):
+    """Stop the processes ``dserve start`` launched (SIGTERM, then SIGKILL after 15s); a pid
+    that now belongs to another process (stale record) is never signalled."""
+    pids = ours(record)
+    for pid in reversed(pids):
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + 15
-    for pid in record.get("pids", []):
+    for pid in pids:
         while time.monotonic() < deadline and alive(pid):
             time.sleep(0.1)
         if alive(pid):

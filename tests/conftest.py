@@ -1,10 +1,12 @@
 """Shared fixtures: one real dserve instance (embedded Dask cluster) per test module."""
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import threading
 import time
-from typing import Callable
+from typing import Callable, Dict
 
 import httpx
 
@@ -15,6 +17,18 @@ import dserve as serve
 
 # tests never assume fixed ports: the REST API of every embedded cluster picks a free one
 dask.config.set({"dserve.rest-port": 0})
+# tests never touch the user's ~/.dserve: the auth token (generated on first start) lives here;
+# subprocesses (CLI, schedulers, workers) inherit it
+os.environ["DSERVE_HOME"] = tempfile.mkdtemp(prefix="dserve-test-home-")
+for _name in ("DSERVE_AUTH_TOKEN", "DSERVE_AUTH_TOKEN_PATH", "DSERVE_AUTH_MODE", "DSERVE_REST_TOKEN"):
+    os.environ.pop(_name, None)
+
+
+def auth_headers() -> Dict[str, str]:
+    """The bearer header the REST API wants (the token dserve generated for this session)."""
+    from dserve.auth import bearer_header, load_token
+
+    return bearer_header(load_token())
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..config import AutoscalingConfig
 
-__all__ = ["AutoscalingContext", "Autoscaler", "default_desired"]
+__all__ = ["AutoscalingContext", "Autoscaler", "default_desired", "load_policy"]
 
 
 @dataclass
@@ -68,7 +68,8 @@ def default_desired(config: AutoscalingConfig, current: int, load: float) -> int
     return max(config.min_replicas, min(config.max_replicas, desired))
 
 
-def _load_policy(policy: Any) -> Callable[..., Any]:
+def load_policy(policy: Any) -> Callable[..., Any]:
+    """The policy callable itself, or the one an import path (``module:attr``) names."""
     if callable(policy):
         return policy
     module, _, attr = str(policy).replace(":", ".").rpartition(".")
@@ -101,7 +102,7 @@ class Autoscaler:
                 running_requests + queued_requests, config.min_replicas, config.max_replicas,
                 self.policy_state, self.last_up, self.last_down,
             )
-            result = _load_policy(config.policy)(context)
+            result = load_policy(config.policy)(context)
             if isinstance(result, tuple):
                 result, self.policy_state = result[0], dict(result[1] or {})
             desired = max(config.min_replicas, min(config.max_replicas, int(result)))

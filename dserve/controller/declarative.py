@@ -19,6 +19,7 @@ from ..build import build_from_config
 from ..serialization import loads
 from ..spec import ApplicationSpec
 from .application_state import ApplicationState
+from .autoscaling import policy_import_error
 from .runtime_env import apply_runtime_env
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class DeclarativeDeployer:
                 error = result["error"]
             else:
                 spec = loads(result["spec"])
+                error = await policy_import_error(spec.deployments)
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"
         app = self.controller.store.apps.get(schema.name)

@@ -9,16 +9,15 @@ to routers through the controller's publisher.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..autoscale import Autoscaler
 from ..schema import DeploymentStatus, DeploymentStatusTrigger, ReplicaState
 from ..spec import DeploymentSpec  # alias: old checkpoints pickled it from here
 from ..types import ReplicaSetSnapshot
 from .status import deployment_status, settle_status
+from .autoscaling import DeploymentScaler
 from .replicas import (
     ReplicaRecord, check_replica_health, place_replica, reconfigure_replica, start_replica, stop_replica,
 )
@@ -48,8 +47,7 @@ class DeploymentState:
         self.deleting = False
         self.version = controller.publisher.next_version()
         self.ever_healthy = False
-        self.policy_error = ""  # why the last autoscaling decision failed, if it did
-        self.autoscaler = Autoscaler()
+        self.autoscaler = DeploymentScaler()
 
     # ---- goal state ----
     @property
@@ -83,6 +81,7 @@ class DeploymentState:
         self.trigger = DeploymentStatusTrigger.DELETING
         self.controller.coupling.note_unplaceable(self.key, None)
         self.controller.metrics.drop(self.key)
+        self.autoscaler.close()
 
     @property
     def run_version(self) -> str:
@@ -111,33 +110,25 @@ class DeploymentState:
         }
 
     # ---- autoscaling ----
+    @property
+    def policy_error(self) -> str:
+        return self.autoscaler.error
+
     def autoscale(self) -> None:
         """Sample this deployment's load and move its target as the policy says."""
         config = self.spec.config.autoscaling_config
         if config is None or self.deleting or self.status == DeploymentStatus.DEPLOY_FAILED:
             return
-        metrics = self.controller.metrics
-        running = self.running()
-        running_requests = metrics.total_running([r.replica_id for r in running])
-        queued = metrics.total_queued(self.key)
-        samples = metrics.sample(self.key, running_requests + queued, config.look_back_period_s)
-        try:
-            target, why = self.autoscaler.decide(config, self.target, len(running), list(samples),
-                                                 running_requests, queued, (self.app, self.name))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - user policy code: even SystemExit must not stop the scheduler
-            logger.warning("autoscaling policy of %s failed: %r", self.key, exc, exc_info=True)
-            self.policy_error = (f"The autoscaling policy failed ({type(exc).__name__}: {exc}); "
-                                 f"keeping {self.target} replica(s).")
-            self.message = self.policy_error
+        decision = self.autoscaler.step(self)
+        if self.autoscaler.error:
+            self.message = self.autoscaler.error
+        if decision is None or decision[0] == self.target:
             return
-        self.policy_error = ""
-        if target != self.target:
-            logger.info("autoscaling %s: %s", self.key, why)
-            self.status = DeploymentStatus.UPSCALING if target > self.target else DeploymentStatus.DOWNSCALING
-            self.trigger = DeploymentStatusTrigger.AUTOSCALING
-            self.target = target
+        target, why = decision
+        logger.info("autoscaling %s: %s", self.key, why)
+        self.status = DeploymentStatus.UPSCALING if target > self.target else DeploymentStatus.DOWNSCALING
+        self.trigger = DeploymentStatusTrigger.AUTOSCALING
+        self.target = target
 
     def status_dict(self) -> Dict[str, Any]:
         return deployment_status(self)

@@ -17,6 +17,7 @@ background task (awaiting it in ``start`` would deadlock a starting scheduler).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
@@ -61,6 +62,16 @@ RPC_HANDLERS = {
     for name in ("ping", "start", "deploy", "deploy_config", "wait", "delete", "shutdown", "status",
                  "app_info", "report_running", "report_queued", "report_models", "listen")
 }
+
+
+def _client_security(scheduler: "Scheduler") -> Any:
+    """The scheduler's ``Security`` for a client in its process: on a TLS cluster started
+    from the command line only the scheduler's certificate is set, so the client uses it."""
+    security = copy.copy(scheduler.security)
+    if not security.tls_client_cert and security.tls_scheduler_cert:
+        security.tls_client_cert = security.tls_scheduler_cert
+        security.tls_client_key = security.tls_scheduler_key
+    return security
 
 
 def options_from_dask_config() -> Dict[str, Any]:
@@ -129,7 +140,7 @@ class Controller(SchedulerPlugin):
         try:
             self.client = await Client(
                 self.scheduler.address, asynchronous=True, direct_to_workers=True,
-                name="dserve-controller", set_as_default=False,
+                name="dserve-controller", set_as_default=False, security=_client_security(self.scheduler),
             )
             for plugin, name in ((DServeWorkerPlugin(), PLUGIN_NAME), (ProxyWorkerPlugin(), PROXY_PLUGIN_NAME)):
                 await self.scheduler.register_worker_plugin(None, dask_dumps(plugin), name=name, idempotent=True)

@@ -16,6 +16,7 @@ from ..serialization import loads
 from ..spec import ApplicationSpec
 from ..types import ReplicaSetSnapshot
 from .application_state import ApplicationState
+from .autoscaling import policy_import_error
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -94,7 +95,8 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         specs: List[ApplicationSpec] = loads(spec)
-        error = self._check_routes(specs)
+        error = self._check_routes(specs) or await policy_import_error(
+            [d for app_spec in specs for d in app_spec.deployments])
         if error:
             return {"error": error}
         apps = self._store.apps

@@ -2,13 +2,13 @@
 
 V2 (multi-app): ``PUT/GET/DELETE /api/serve/applications/``.
 V1 (single-app): ``PUT/GET/DELETE /api/serve/deployments/`` and
-``GET /api/serve/deployments/status``. Bad JSON or an invalid config is a 400
-with the validation errors; with a token configured, every request without
-``Authorization: Bearer <token>`` is a 401.
+``GET /api/serve/deployments/status``. Bad JSON (however deeply nested) or an
+invalid config is a 400 with the validation errors; a body over
+``REST_MAX_BODY_BYTES`` is a 413; with a token (the default, see ``auth``),
+every request without ``Authorization: Bearer <token>`` is a 401.
 """
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any, Optional
 
@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._version import __version__
+from ..auth import HOW_TO_SUPPLY, token_matches
+from ..config import REST_MAX_BODY_BYTES
 from ..schema import MULTI_APP, SINGLE_APP
 from ..types import Receive, Scope, Send
 from .details import instance_details, v1_status
@@ -26,15 +28,26 @@ __all__ = ["create_app"]
 
 
 async def _json_body(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > REST_MAX_BODY_BYTES:
+        raise _BadRequest({"error": f"request body over {REST_MAX_BODY_BYTES} bytes"}, 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > REST_MAX_BODY_BYTES:
+            raise _BadRequest({"error": f"request body over {REST_MAX_BODY_BYTES} bytes"}, 413)
+        chunks.append(chunk)
     try:
-        return json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequest({"error": f"request body is not valid JSON: {exc}"}) from None
+        return json.loads(b"".join(chunks) or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise _BadRequest({"error": f"request body is not valid JSON: {reason}"}) from None
 
 
 class _BadRequest(Exception):
-    def __init__(self, body: dict) -> None:
+    def __init__(self, body: dict, status: int = 400) -> None:
         self.body = body
+        self.status = status
 
 
 def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
@@ -42,7 +55,7 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
         try:
             config = await _json_body(request)
         except _BadRequest as exc:
-            return JSONResponse(exc.body, status_code=400)
+            return JSONResponse(exc.body, status_code=exc.status)
         if not isinstance(config, dict):
             return JSONResponse({"error": "the request body must be a JSON object"}, status_code=400)
         result = await controller.service.deploy_config(config, mode)
@@ -85,17 +98,16 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
     routes += [Route("/api/serve/deployments/status", get_status, methods=["GET"]),
                Route("/api/version", version, methods=["GET"])]
     app = Starlette(routes=routes)
-    if token:
-        inner = app
-        expected = f"Bearer {token}".encode()
+    if not token:
+        return app
 
-        async def with_auth(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                given = dict(scope["headers"]).get(b"authorization", b"")
-                if not hmac.compare_digest(given, expected):
-                    await JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)(scope, receive, send)
-                    return
-            await inner(scope, receive, send)
+    async def with_auth(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not token_matches(given, token):
+                error = {"error": f"missing or wrong bearer token: {HOW_TO_SUPPLY}"}
+                await JSONResponse(error, status_code=401)(scope, receive, send)
+                return
+        await app(scope, receive, send)
 
-        return with_auth  # type: ignore[return-value]
-    return app
+    return with_auth  # type: ignore[return-value]
