@@ -74,9 +74,9 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
     if scheduler_address is None:
         if worker_or_none() is not None:
             raise RayServeException("inside a Dask worker, dserve uses the worker's own scheduler")
-        _owned_cluster = _cluster.start_embedded_cluster()
+        _owned_cluster = _cluster.start_embedded_cluster(security)
         scheduler_address = _owned_cluster.scheduler_address
-        security = security or getattr(_owned_cluster, "security", None)
+        security = _owned_cluster.security
         options["embedded"] = True  # lives and dies with this process: no state file needed
     security = _cluster.find_security(scheduler_address, security)
     runtime = Runtime(scheduler_address, home_loop(), connection_args=security.get_connection_args("client"))
@@ -211,7 +211,7 @@ def shutdown() -> None:
     set_runtime(None)
     if _owned_cluster is not None:
         cluster, _owned_cluster = _owned_cluster, None
-        cluster.close()
+        _cluster.close_embedded_cluster(cluster)
 
 
 def get_app_handle(name: str) -> DeploymentHandle:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import dask
 
-__all__ = ["find_address", "find_security", "start_embedded_cluster"]
+__all__ = ["find_address", "find_security", "start_embedded_cluster", "close_embedded_cluster"]
 
 logger = logging.getLogger("dserve")
 
@@ -57,7 +59,47 @@ def find_security(address: Optional[str], security: Any = None) -> Any:
     return Security()
 
 
-def start_embedded_cluster() -> Any:
+def _tls_files(security: Any) -> Dict[str, str]:
+    """Write a Security's PEMs to a private directory; the Dask config (as environment
+    variables, which the worker subprocesses inherit) that makes workers use them."""
+    directory = tempfile.mkdtemp(prefix="dserve-tls-")
+    os.chmod(directory, 0o700)
+
+    def write(name: str, pem: str) -> str:
+        if not pem.lstrip().startswith("-----BEGIN"):
+            return pem  # already a path
+        path = os.path.join(directory, name)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(pem)
+        return path
+
+    prefix = "DASK_DISTRIBUTED__COMM__"
+    return {
+        prefix + "REQUIRE_ENCRYPTION": "True",
+        prefix + "TLS__CA_FILE": write("ca.pem", security.tls_ca_file),
+        prefix + "TLS__WORKER__CERT": write("worker.pem", security.tls_worker_cert),
+        prefix + "TLS__WORKER__KEY": write("worker-key.pem", security.tls_worker_key),
+        prefix + "TLS__CLIENT__CERT": write("client.pem", security.tls_client_cert),
+        prefix + "TLS__CLIENT__KEY": write("client-key.pem", security.tls_client_key),
+    }
+
+
+def embedded_security(security: Any = None) -> Any:
+    """The embedded cluster's ``Security``: the one given, or a temporary one when Dask
+    config ``dserve.embedded.security`` is ``temporary``; ``None`` for a plain cluster."""
+    if security is not None:
+        return security
+    setting = dask.config.get("dserve.embedded.security", None)
+    if setting in (None, False, "", "none"):
+        return None
+    if setting != "temporary":
+        raise ValueError(f"dserve.embedded.security must be 'temporary' (or unset), not {setting!r}")
+    from distributed import Security
+
+    return Security.temporary()
+
+
+def start_embedded_cluster(security: Any = None) -> Any:
     """Start the embedded cluster: a scheduler in this process, workers in subprocesses.
 
     Workers are ``dask spec`` subprocesses (each a Nanny and its worker), not
@@ -67,7 +109,9 @@ def start_embedded_cluster() -> Any:
     ``dserve.embedded.threads-per-worker`` (default 4): each thread is one CPU
     slot for ``ray_actor_options={"num_cpus": ...}``. ``dserve.embedded.adaptive``
     (e.g. ``{"minimum": 1, "maximum": 4}``) makes it adaptive: Dask adds workers
-    for replicas that do not fit and retires idle ones.
+    for replicas that do not fit and retires idle ones. With a ``security`` (or Dask
+    config ``dserve.embedded.security: temporary``) every comm uses TLS with client
+    certificates; the workers get their certificates through the environment.
     """
     from distributed import Scheduler
     from distributed.deploy.spec import SpecCluster
@@ -86,6 +130,13 @@ def start_embedded_cluster() -> Any:
         "cls": Scheduler,
         "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": None},
     }
+    security = embedded_security(security)
+    tls_env: Dict[str, str] = {}
+    if security is not None:
+        tls_env = _tls_files(security)
+        os.environ.update(tls_env)  # worker subprocesses, including later adaptive ones (undone at close)
+        scheduler["options"].update(security=security, protocol="tls")
+        worker["options"]["worker_kwargs"]["protocol"] = "tls"
     quiet = dask.config.get("dserve.embedded.quiet", True)
     saved = os.environ.get("DASK_LOGGING__DISTRIBUTED")
     if quiet and saved is None:  # worker subprocesses inherit this at spawn
@@ -98,6 +149,7 @@ def start_embedded_cluster() -> Any:
                 worker=worker,
                 name="dserve-embedded",
                 silence_logs=logging.WARNING if quiet else False,
+                security=security,
             )
     finally:
         if quiet and saved is None:
@@ -113,4 +165,18 @@ def start_embedded_cluster() -> Any:
             raise TimeoutError(f"the embedded cluster's {n_workers} workers did not connect within 120s")
         time.sleep(0.02)
     logger.info("dserve started an embedded Dask cluster at %s", cluster.scheduler_address)
+    cluster.dserve_env = tls_env
     return cluster
+
+
+def close_embedded_cluster(cluster: Any) -> None:
+    """Close the embedded cluster and undo the environment it set for its workers."""
+    try:
+        cluster.close()
+    finally:
+        env = getattr(cluster, "dserve_env", {})
+        for name in env:
+            os.environ.pop(name, None)
+        ca = env.get("DASK_DISTRIBUTED__COMM__TLS__CA_FILE")
+        if ca and os.path.basename(os.path.dirname(ca)).startswith("dserve-tls-"):
+            shutil.rmtree(os.path.dirname(ca), ignore_errors=True)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 
+import dask
 import httpx
 import pytest
 from cryptography import x509
@@ -24,6 +25,7 @@ from distributed import Client, LocalCluster, Security
 from starlette.responses import StreamingResponse
 
 import dserve as serve
+from dserve.runtime import current_runtime
 from conftest import free_port, proxy_url, wait_for
 
 
@@ -106,6 +108,17 @@ def test_a_composed_app_on_a_tls_local_cluster_with_https_proxies(tmp_path):
             exercise(proxy_url().replace("http://", "https://"), verify=cert)
         finally:
             serve.shutdown()
+
+
+def test_the_embedded_cluster_is_made_secure_with_one_setting():
+    with dask.config.set({"dserve.embedded.security": "temporary"}):
+        serve.start(http_options={"port": free_port()})
+    try:
+        assert current_runtime().scheduler_address.startswith("tls://")
+        serve.run(Front.bind(Doubler.bind()), name="tls", route_prefix="/tls")
+        exercise(proxy_url())
+    finally:
+        serve.shutdown()
 
 
 def _answers(url: str, cert: str) -> bool:
