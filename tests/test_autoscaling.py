@@ -1,5 +1,7 @@
-"""Autoscaling: the policy, replicas following load, scale to zero, and Dask's cluster following replicas."""
+"""Autoscaling of running deployments: Ray's default policy, a custom policy, scale to zero."""
 import asyncio
+import os
+import sys
 import threading
 import time
 
@@ -7,41 +9,76 @@ import httpx
 import pytest
 
 import dserve as serve
-from dserve.autoscale.policy import Autoscaler, default_desired
-from dserve.config import AutoscalingConfig
-from conftest import free_port, proxy_url, wait_for
+from conftest import proxy_url, wait_for
+
+APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
-def test_default_policy_math():
-    config = AutoscalingConfig(min_replicas=1, max_replicas=10, target_ongoing_requests=2)
-    assert default_desired(config, 1, 8.0) == 4
-    assert default_desired(config, 4, 0.0) == 1
-    assert default_desired(config, 2, 100.0) == 10
-    damped = AutoscalingConfig(min_replicas=0, max_replicas=10, target_ongoing_requests=1, upscaling_factor=0.5)
-    assert default_desired(damped, 2, 6.0) == 4  # halfway from 2 to 6
+def running(app, dep):
+    return serve.status().applications[app].deployments[dep].replica_states.get("RUNNING", 0)
 
 
-def test_delays_and_zero_to_one():
-    config = AutoscalingConfig(min_replicas=0, max_replicas=5, target_ongoing_requests=1,
-                               upscale_delay_s=0.2, downscale_delay_s=0.2, downscale_to_zero_delay_s=0.4)
-    scaler = Autoscaler()
-    names = ("app", "dep")
-    assert scaler.decide(config, 1, 1, [(0, 3.0)], 3, 0, names)[0] == 1  # wanted, but not for long enough
-    time.sleep(0.25)
-    target, why = scaler.decide(config, 1, 1, [(0, 3.0)], 3, 0, names)
-    assert target == 3 and "scaled up" in why
-    assert scaler.decide(config, 0, 0, [], 0, 2, names)[0] == 2  # from zero: at once
-    assert scaler.decide(config, 1, 1, [(0, 0.0)], 0, 0, names)[0] == 1
-    time.sleep(0.25)
-    assert scaler.decide(config, 1, 1, [(0, 0.0)], 0, 0, names)[0] == 1  # to zero waits longer
-    time.sleep(0.2)
-    assert scaler.decide(config, 1, 1, [(0, 0.0)], 0, 0, names)[0] == 0
+def autoscaling_info(app, dep):
+    """The controller's autoscaling view of one deployment (target, last decision)."""
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime
+
+    rt = current_runtime()
+    return _sync(rt, rt.rpc("dserve_status"))["applications"][app]["deployments"][dep]["autoscaling"]
 
 
-def test_custom_policy_callable():
-    config = AutoscalingConfig(min_replicas=1, max_replicas=4, policy=lambda ctx: (ctx.total_num_requests + 1, {}))
-    scaler = Autoscaler()
-    assert scaler.decide(config, 1, 1, [(0, 2.0)], 2, 0, ("a", "d"))[0] == 3
+@serve.deployment(
+    max_ongoing_requests=10,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 10, "target_ongoing_requests": 2,
+                        "upscale_delay_s": 2.0, "downscale_delay_s": 1.0, "look_back_period_s": 0.5},
+)
+class Held:
+    async def __call__(self, gate=None):
+        while gate is not None and not os.path.exists(gate):  # in flight until the test opens the gate
+            await asyncio.sleep(0.01)
+        return "ok"
+
+
+def test_default_policy_scales_to_load_over_target_after_the_delay(clean, tmp_path):
+    h = serve.run(Held.bind(), name="held")
+    assert running("held", "Held") == 1
+    gate = str(tmp_path / "gate")
+    start = time.monotonic()
+    held = [h.remote(gate) for _ in range(8)]  # 8 requests in flight / target_ongoing_requests 2 = 4 replicas
+    wait_for(lambda: running("held", "Held") == 4, timeout=30, what="scale up to 4")
+    assert time.monotonic() - start >= 2.0  # not before upscale_delay_s
+    info = autoscaling_info("held", "Held")
+    assert info["target_replicas"] == 4
+    assert info["last_decision"].startswith("scaled up from 1 to 4: average load 8.00")
+    open(gate, "w").close()
+    assert [r.result(timeout_s=30) for r in held] == ["ok"] * 8
+    wait_for(lambda: running("held", "Held") == 1, timeout=30, what="scale back down to min_replicas")
+    assert autoscaling_info("held", "Held")["last_decision"].startswith("scaled down from 4 to 1")
+
+
+@pytest.fixture
+def policies():
+    """tests/apps on sys.path, where the controller (in this process) imports custom policies from."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(APPS_DIR)
+        yield
+    sys.modules.pop("autoscale_policies", None)
+
+
+@serve.deployment(autoscaling_config={"min_replicas": 1, "max_replicas": 5,
+                                      "policy": "autoscale_policies:three_replicas"})
+def steady(request=None):
+    return "ok"
+
+
+def test_custom_policy_sets_the_replica_count(policies, clean):
+    h = serve.run(steady.bind(), name="custom")
+    wait_for(lambda: running("custom", "steady") == 3, timeout=30, what="three replicas")
+    dep = serve.status().applications["custom"].deployments["steady"]
+    assert dep.replica_states == {"RUNNING": 3}
+    info = autoscaling_info("custom", "steady")
+    assert (info["target_replicas"], info["last_decision"]) == (3, "custom policy chose 3 (was 1)")
+    assert h.remote().result(timeout_s=30) == "ok"
 
 
 @serve.deployment(
@@ -72,21 +109,13 @@ def drive(handle, workers, seconds, errors, done):
     return threads
 
 
-def running(app, dep):
-    return serve.status().applications[app].deployments[dep].replica_states.get("RUNNING", 0)
-
-
 def test_replicas_follow_load_and_lose_no_request(clean):
     h = serve.run(Busy.bind(), name="busy")
     assert running("busy", "Busy") == 1
     errors, done = [], []
     threads = drive(h, 6, 6.0, errors, done)
     wait_for(lambda: running("busy", "Busy") == 3, timeout=20, what="scale up to 3")
-    from dserve.api import _sync
-    from dserve.runtime import current_runtime
-
-    rt = current_runtime()
-    info = _sync(rt, rt.rpc("dserve_status"))["applications"]["busy"]["deployments"]["Busy"]["autoscaling"]
+    info = autoscaling_info("busy", "Busy")
     assert info["target_replicas"] == 3 and "scaled up" in info["last_decision"]
     for t in threads:
         t.join()
@@ -114,38 +143,3 @@ def test_scale_to_zero_and_cold_start_over_handle_and_http(clean):
     wait_for(lambda: running("zero", "sleepy") == 0, timeout=30, what="scale to zero")
     r = httpx.get(f"{proxy_url()}/zero", timeout=30)
     assert (r.status_code, r.text) == (200, "awake")
-
-
-@pytest.mark.slow
-def test_adaptive_dask_cluster_follows_replicas():
-    """A deployment needing more CPUs than the cluster has makes Adaptive add a
-    worker; when it scales down, the extra worker goes away and replica hosts stay."""
-    from distributed import LocalCluster
-
-    serve.shutdown()
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
-    adaptive = cluster.adapt(minimum=1, maximum=3, interval="200ms", wait_count=2)
-    try:
-        serve.start(address=cluster.scheduler_address, http_options={"port": free_port()},
-                    proxy_location="Disabled")
-
-        @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 1})
-        class Wide:
-            def __call__(self):
-                return "ok"
-
-        from dserve import api
-        from dserve.build import application_spec
-        from dserve.runtime import get_runtime
-
-        api.deploy_specs(get_runtime(), [application_spec(Wide.bind(), "wide", None)])
-        wait_for(lambda: len(cluster.scheduler_info["workers"]) >= 2, timeout=60, what="a second worker")
-        wait_for(lambda: serve.status().applications["wide"].status == "RUNNING", timeout=60, what="RUNNING")
-        serve.run(Wide.options(num_replicas=1).bind(), name="wide", route_prefix=None)
-        wait_for(lambda: len(cluster.scheduler_info["workers"]) == 1, timeout=60, what="the extra worker retired")
-        assert serve.get_app_handle("wide").remote().result(timeout_s=30) == "ok"
-    finally:
-        serve.shutdown()
-        adaptive.stop()
-        cluster.close()

@@ -2,7 +2,6 @@
 import asyncio
 import os
 import pickle
-import time
 
 import pytest
 
@@ -85,28 +84,32 @@ def test_result_timeout_and_cancel(clean):
     @serve.deployment
     class Slow:
         def __init__(self):
-            self.cancelled = 0
+            self.started = []
+            self.cancelled = []
 
         async def __call__(self, s):
+            self.started.append(s)
             try:
                 await asyncio.sleep(s)
             except asyncio.CancelledError:
-                self.cancelled += 1
+                self.cancelled.append(s)
                 raise
             return "done"
 
-        def count(self):
-            return self.cancelled
+        def seen(self):
+            return self.started, self.cancelled
 
     h = serve.run(Slow.bind())
+    timed_out = h.remote(1.0)
     with pytest.raises(TimeoutError):
-        h.remote(1.0).result(timeout_s=0.1)
+        timed_out.result(timeout_s=0.1)
+    assert timed_out.result(timeout_s=30) == "done"  # a result() timeout does not cancel the request
     r = h.remote(30)
-    time.sleep(0.2)
+    wait_for(lambda: 30 in h.seen.remote().result()[0], what="the request to reach the replica")
     r.cancel()
     with pytest.raises(RequestCancelledError):
         r.result()
-    wait_for(lambda: h.count.remote().result() >= 1, what="the replica to see the cancellation")
+    wait_for(lambda: h.seen.remote().result() == ([1.0, 30], [30]), what="the replica to see the cancellation")
 
 
 def test_user_config_reconfigures_in_place(clean):
@@ -178,7 +181,7 @@ def test_get_handles(clean):
     assert serve.get_app_handle("app").remote(2).result() == 4
     dh = serve.get_deployment_handle("double", "app")
     assert dh.remote(4).result() == 8
-    with pytest.raises(RayServeException):
+    with pytest.raises(RayServeException, match="Deployment 'nope' in application 'app' does not exist."):
         serve.get_deployment_handle("nope", "app")
 
 
@@ -213,7 +216,7 @@ def test_async_constructor_and_replica_context(clean):
     app, dep, rid, is_self, ready = h.remote().result()
     assert (app, dep, is_self, ready) == ("ctxapp", "Ctx", True, True)
     assert rid.startswith("ctxapp#Ctx#")
-    with pytest.raises(RayServeException):
+    with pytest.raises(RayServeException, match="may only be called from within a dserve deployment"):
         serve.get_replica_context()
 
 
@@ -229,21 +232,24 @@ def test_handles_pickle_into_dask_tasks(clean):
         assert fut.result(timeout=30) == 14
 
 
-def test_backpressure_when_queue_full(clean):
+def test_backpressure_when_queue_full(clean, tmp_path):
     @serve.deployment(max_ongoing_requests=1, max_queued_requests=1)
     class Busy:
-        async def __call__(self):
-            await asyncio.sleep(0.5)
+        async def __call__(self, gate=None):
+            while gate is not None and not os.path.exists(gate):  # busy until the test opens the gate
+                await asyncio.sleep(0.01)
             return "ok"
 
     h = serve.run(Busy.bind(), name="bp")
-    first = h.remote()
-    time.sleep(0.1)
-    second = h.remote()  # waits in the queue
-    time.sleep(0.05)
+    assert h.remote().result() == "ok"  # this caller now knows the replica
+    gate = str(tmp_path / "gate")
+    # requests leave this caller in order: the first takes the only slot, the second waits in the queue
+    first = h.remote(gate)
+    second = h.remote(gate)
     with pytest.raises(BackPressureError):
-        h.remote().result()
-    assert first.result() == "ok" and second.result() == "ok"
+        h.remote(gate).result()
+    open(gate, "w").close()
+    assert first.result(timeout_s=30) == "ok" and second.result(timeout_s=30) == "ok"
 
 
 def test_max_ongoing_requests_bounds_concurrency(clean):

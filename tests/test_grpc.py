@@ -3,7 +3,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -32,24 +31,32 @@ def grpc_port(tmp_path_factory):
     (out / "dservetest.proto").write_text(PROTO)
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{out}", f"--python_out={out}",
                     f"--grpc_python_out={out}", str(out / "dservetest.proto")], check=True)
-    sys.path.insert(0, str(out))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(out), os.environ.get("PYTHONPATH")]))
-    port = free_port()
-    serve.start(http_options={"port": free_port()},
-                grpc_options={"port": port, "request_timeout_s": 2.0,
-                              "grpc_servicer_functions": ["dservetest_pb2_grpc.add_GreeterServicer_to_server"]})
-    wait_for(lambda: all(p["status"] == "HEALTHY" and p["grpc_port"] == port for p in proxy_details().values()),
-             what="a healthy gRPC proxy")
-    yield port
-    serve.shutdown()
+    with pytest.MonkeyPatch.context() as mp:  # later modules get sys.path and PYTHONPATH back as they were
+        mp.syspath_prepend(str(out))
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(out), os.environ.get("PYTHONPATH")])))
+        port = free_port()
+        serve.start(http_options={"port": free_port()},
+                    grpc_options={"port": port, "request_timeout_s": 2.0,
+                                  "grpc_servicer_functions": ["dservetest_pb2_grpc.add_GreeterServicer_to_server"]})
+        try:
+            wait_for(lambda: all(p["status"] == "HEALTHY" and p["grpc_port"] == port for p in proxy_details().values()),
+                     what="a healthy gRPC proxy")
+            yield port
+        finally:
+            serve.shutdown()
+            for name in ("dservetest_pb2", "dservetest_pb2_grpc"):
+                sys.modules.pop(name, None)
 
 
-def stubs(port):
-    import dservetest_pb2 as pb2
+@pytest.fixture
+def stub(grpc_port):
+    """A Greeter stub; every application is deleted after the test."""
     import dservetest_pb2_grpc as pb2_grpc
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return pb2, pb2_grpc.GreeterStub(channel), channel
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        yield pb2_grpc.GreeterStub(channel)
+    for name in list(serve.status().applications):
+        serve.delete(name)
 
 
 def make_greeter():
@@ -58,6 +65,7 @@ def make_greeter():
     @serve.deployment(max_ongoing_requests=2, max_queued_requests=1)
     class Greeter:
         def __init__(self):
+            self.started = 0
             self.cancelled = 0
 
         def SayHello(self, request):
@@ -71,7 +79,11 @@ def make_greeter():
             raise ValueError("the model refused")
 
         async def Slow(self, request):
+            """Sleeps ``seconds``; with a ``name``, first waits until that file exists."""
+            self.started += 1
             try:
+                while request.name and not os.path.exists(request.name):
+                    await asyncio.sleep(0.01)
                 await asyncio.sleep(request.seconds)
             except asyncio.CancelledError:
                 self.cancelled += 1
@@ -84,22 +96,30 @@ def make_greeter():
             grpc_context.set_details(f"bad name {request.name!r}")
             return pb2.HelloReply()
 
-        def cancelled_count(self):
-            return self.cancelled
+        def counts(self):
+            return {"started": self.started, "cancelled": self.cancelled}
 
     return Greeter
 
 
-def test_unary_streaming_and_routing_by_application(grpc_port):
-    Greeter = make_greeter()
-    serve.run(Greeter.bind(), name="g1", route_prefix=None)
-    pb2, stub, _ = stubs(grpc_port)
-    wait_for(lambda: stub.SayHello(pb2.HelloRequest(name="x")), timeout=20, what="route to the app")
+def deploy_greeter(stub, name):
+    """Deploy a Greeter as application ``name``; returns its handle once the gRPC proxy routes to it."""
+    import dservetest_pb2 as pb2
+
+    handle = serve.run(make_greeter().bind(), name=name, route_prefix=None)
+    wait_for(lambda: stub.SayHello(pb2.HelloRequest(name="x"), metadata=(("application", name),)),
+             timeout=20, what=f"the gRPC proxy to route to {name}")
+    return handle
+
+
+def test_unary_streaming_and_routing_by_application(stub):
+    import dservetest_pb2 as pb2
+
+    deploy_greeter(stub, "g1")
     assert stub.SayHello(pb2.HelloRequest(name="ann")).message == "hello ann from g1"  # one app: no metadata needed
     replies = list(stub.SayMany(pb2.HelloRequest(name="s", count=3), metadata=(("application", "g1"),)))
     assert [r.message for r in replies] == ["s-0", "s-1", "s-2"]
-    serve.run(Greeter.bind(), name="g2", route_prefix=None)
-    wait_for(lambda: stub.SayHello(pb2.HelloRequest(name="b"), metadata=(("application", "g2"),)), what="g2")
+    deploy_greeter(stub, "g2")
     assert stub.SayHello(pb2.HelloRequest(name="b"), metadata=(("application", "g2"),)).message == "hello b from g2"
     with pytest.raises(grpc.RpcError) as err:
         stub.SayHello(pb2.HelloRequest(name="b"), metadata=(("application", "nope"),))
@@ -107,40 +127,44 @@ def test_unary_streaming_and_routing_by_application(grpc_port):
     with pytest.raises(grpc.RpcError) as err:  # two apps and no metadata
         stub.SayHello(pb2.HelloRequest(name="b"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    serve.delete("g2")
 
 
-def test_errors_timeouts_overload_and_context(grpc_port):
-    pb2, stub, _ = stubs(grpc_port)
+def test_errors_timeouts_overload_and_context(stub, tmp_path):
+    import dservetest_pb2 as pb2
+
+    handle = deploy_greeter(stub, "g1")
     md = (("application", "g1"),)
     with pytest.raises(grpc.RpcError) as err:
         stub.Fail(pb2.HelloRequest(), metadata=md)
     assert err.value.code() == grpc.StatusCode.INTERNAL and "the model refused" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         stub.Slow(pb2.HelloRequest(seconds=5), metadata=md)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    futures = [stub.Slow.future(pb2.HelloRequest(seconds=1.0), metadata=md) for _ in range(5)]
-    codes = []
-    for f in futures:
-        try:
-            f.result()
-            codes.append(grpc.StatusCode.OK)
-        except grpc.RpcError as exc:
-            codes.append(exc.code())
-    assert codes.count(grpc.StatusCode.UNAVAILABLE) >= 1 and codes.count(grpc.StatusCode.OK) >= 2
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED, "timed out after 2.0s")
+    # the timed-out request is cancelled in the replica too
+    wait_for(lambda: handle.counts.remote().result() == {"started": 1, "cancelled": 1}, timeout=10,
+             what="the replica to see the timed-out request cancelled")
+    # five calls held at a gate: two run (max_ongoing_requests=2), one waits (max_queued_requests=1), two are refused
+    gate = tmp_path / "gate"
+    futures = [stub.Slow.future(pb2.HelloRequest(name=str(gate), seconds=0.0), metadata=md) for _ in range(5)]
+    refused = wait_for(lambda: [f for f in futures if f.done()] if sum(f.done() for f in futures) == 2 else None,
+                       timeout=10, what="two calls to be refused")
+    assert [f.code() for f in refused] == [grpc.StatusCode.UNAVAILABLE] * 2
+    gate.touch()
+    assert [f.result(timeout=10).message for f in futures if f not in refused] == ["slept"] * 3
     with pytest.raises(grpc.RpcError) as err:
         stub.WithContext(pb2.HelloRequest(name="zz"), metadata=md + (("client-key", "v1"),))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details() == "bad name 'zz'"
 
 
-def test_cancelled_call_cancels_the_replica_request(grpc_port):
-    pb2, stub, _ = stubs(grpc_port)
-    handle = serve.get_app_handle("g1")
-    before = handle.cancelled_count.remote().result()
-    future = stub.Slow.future(pb2.HelloRequest(seconds=1.5), metadata=(("application", "g1"),))
-    time.sleep(0.3)
-    future.cancel()
-    wait_for(lambda: handle.cancelled_count.remote().result() == before + 1, timeout=10,
+def test_cancelled_call_cancels_the_replica_request(stub):
+    import dservetest_pb2 as pb2
+
+    handle = deploy_greeter(stub, "g1")
+    future = stub.Slow.future(pb2.HelloRequest(seconds=30), metadata=(("application", "g1"),))
+    wait_for(lambda: handle.counts.remote().result() == {"started": 1, "cancelled": 0}, timeout=10,
+             what="the call to reach the replica")
+    assert future.cancel()
+    wait_for(lambda: handle.counts.remote().result() == {"started": 1, "cancelled": 1}, timeout=10,
              what="the replica to see the cancellation")
 
 
@@ -162,9 +186,11 @@ def _strings(data):
     return out
 
 
-def test_builtin_list_applications_and_healthz(grpc_port):
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    list_apps = channel.unary_unary("/ray.serve.RayServeAPIService/ListApplications")
-    healthz = channel.unary_unary("/ray.serve.RayServeAPIService/Healthz")
-    assert "g1" in _strings(list_apps(b""))
-    assert _strings(healthz(b"")) == ["success"]
+def test_builtin_list_applications_and_healthz(grpc_port, stub):
+    deploy_greeter(stub, "g1")
+    deploy_greeter(stub, "g2")
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        list_apps = channel.unary_unary("/ray.serve.RayServeAPIService/ListApplications")
+        healthz = channel.unary_unary("/ray.serve.RayServeAPIService/Healthz")
+        assert sorted(_strings(list_apps(b""))) == ["g1", "g2"]
+        assert _strings(healthz(b"")) == ["success"]

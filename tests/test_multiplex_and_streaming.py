@@ -73,7 +73,7 @@ def test_multiplexed_validation():
         @serve.multiplexed
         def load(model_id):
             return model_id
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_num_models_per_replica must be a positive integer"):
         serve.multiplexed(max_num_models_per_replica=0)
 
 

@@ -1,6 +1,5 @@
 """The REST admin API (V1 and V2) against a real controller in the embedded scheduler."""
 import os
-import sys
 
 import httpx
 import pytest
@@ -12,19 +11,29 @@ APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
 @pytest.fixture(scope="module")
-def rest():
+def rest_client():
     """dserve whose workers can import tests/apps; yields an httpx client on the REST API."""
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")]))
-    sys.path.insert(0, APPS_DIR)
-    serve.start(http_options={"port": free_port()})
-    from dserve.api import _sync
-    from dserve.runtime import current_runtime
+    with pytest.MonkeyPatch.context() as mp:  # later modules get sys.path and PYTHONPATH back as they were
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
+        mp.syspath_prepend(APPS_DIR)
+        serve.start(http_options={"port": free_port()})
+        try:
+            from dserve.api import _sync
+            from dserve.runtime import current_runtime
 
-    rt = current_runtime()
-    port = _sync(rt, rt.rpc("dserve_status"))["rest_port"]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        yield client
-    serve.shutdown()
+            rt = current_runtime()
+            port = _sync(rt, rt.rpc("dserve_status"))["rest_port"]
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                yield client
+        finally:
+            serve.shutdown()
+
+
+@pytest.fixture
+def rest(rest_client):
+    """The REST client; every application is deleted after the test."""
+    yield rest_client
+    assert rest_client.delete("/api/serve/applications/").status_code == 200
 
 
 def two_apps(suffix="", greeting="bonjour"):
@@ -96,7 +105,6 @@ def test_import_error_fails_only_that_app(rest):
     wait_for(lambda: app_status(rest, "a") == "RUNNING", timeout=60, what="app a RUNNING")
     r = httpx.get(f"{proxy_url()}/a")
     assert r.status_code == 200, (r.status_code, r.text)
-    rest.delete("/api/serve/applications/")
 
 
 def test_v1_single_app_and_mode_exclusion(rest):
@@ -128,4 +136,3 @@ def test_runtime_env_vars_apply_cluster_wide(rest):
     bad = {"applications": [{"name": "env", "import_path": "config_apps:env_app", "runtime_env": {"conda": "x"}}]}
     r = rest.put("/api/serve/applications/", json=bad)
     assert r.status_code == 400 and "conda" in r.json()["error"]
-    rest.delete("/api/serve/applications/")
