@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple, Union
 
 from distributed.comm import connect
 
+from ..config import CONNECT_TIMEOUT_S, RECONNECT_TIMEOUT_S
 from ..exceptions import ActorDiedError, RequestCancelledError
 from ..serialization import dumps, loads, pack_exception, unpack_exception
 from ..types import Message, Scope, WireContext, WireMessage
@@ -88,6 +89,7 @@ class MuxConnection:
         self._out: Optional[Coalescer] = None
         self._connecting: Optional[asyncio.Future] = None
         self._reader: Optional[asyncio.Task] = None
+        self._lost = False  # a connection to this address dropped: it is most likely gone for good
         self.closed = False
 
     async def _ensure(self) -> Coalescer:
@@ -106,8 +108,9 @@ class MuxConnection:
         return self._out
 
     async def _connect(self) -> None:
+        timeout = RECONNECT_TIMEOUT_S if self._lost else CONNECT_TIMEOUT_S
         try:
-            comm = await connect(self.address, timeout=10, **self.connection_args)
+            comm = await connect(self.address, timeout=timeout, **self.connection_args)
             await comm.write({"op": MUX_OP, "reply": False})
         except Exception as exc:  # noqa: BLE001 - nothing was sent: the router tries another replica
             raise Undelivered(f"cannot reach replica worker {self.address}: {exc}") from exc
@@ -136,6 +139,7 @@ class MuxConnection:
                 f"lost the connection to replica worker {self.address} while requests were in flight: {exc!r}"
             )
         finally:
+            self._lost = True
             out.abort()
             if self._out is out:
                 self._out = None
