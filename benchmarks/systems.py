@@ -2,6 +2,7 @@
 
 ``bare``: uvicorn + Starlette in a subprocess (the HTTP limit of this stack).
 ``dserve``: the embedded cluster, one no-op deployment behind the proxy.
+``dserve-nometrics``: the same with metrics turned off.
 ``ray``: Ray Serve, when ``ray[serve]`` is installed (``pip install -e ".[bench]"``).
 """
 from __future__ import annotations
@@ -113,6 +114,26 @@ class DServe(_ServeAPI):
         self.serve.shutdown()
 
 
+class DServeNoMetrics(DServe):
+    """dserve with metrics off (Dask config ``dserve.metrics.enabled: false``): the cost of metrics."""
+
+    name = "dserve-nometrics"
+
+    def start(self) -> None:
+        import dask
+
+        os.environ["DASK_DSERVE__METRICS__ENABLED"] = "False"  # worker subprocesses read it at start
+        self._config = dask.config.set({"dserve.metrics.enabled": False})
+        super().start()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            os.environ.pop("DASK_DSERVE__METRICS__ENABLED", None)
+            self._config.__exit__(None, None, None)
+
+
 class Ray(_ServeAPI):
     name = "ray"
 
@@ -145,4 +166,5 @@ class Ray(_ServeAPI):
         ray.shutdown()
 
 
-SYSTEMS: dict[str, Callable[[], Any]] = {"bare": Bare, "dserve": DServe, "ray": Ray}
+SYSTEMS: dict[str, Callable[[], Any]] = {"bare": Bare, "dserve": DServe, "dserve-nometrics": DServeNoMetrics,
+                                         "ray": Ray}

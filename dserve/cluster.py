@@ -123,12 +123,14 @@ def start_embedded_cluster(security: Any = None) -> Any:
         "cls": SubprocessWorker,
         "options": {
             "worker_class": "distributed.Nanny",
-            "worker_kwargs": {"host": "127.0.0.1", "nthreads": threads, "memory_limit": "auto"},
+            # the HTTP server (/metrics, /health) on loopback, as everything else
+            "worker_kwargs": {"host": "127.0.0.1", "nthreads": threads, "memory_limit": "auto",
+                              "dashboard_address": "127.0.0.1:0"},
         },
     }
     scheduler = {
         "cls": Scheduler,
-        "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": None},
+        "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"},
     }
     security = embedded_security(security)
     tls_env: Dict[str, str] = {}

@@ -28,7 +28,11 @@ def listening(pids) -> list:
     """(address, port) of every TCP socket in LISTEN state owned by one of ``pids``."""
     inodes = set()
     for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:  # exited meanwhile
+            continue
+        for fd in fds:
             try:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:

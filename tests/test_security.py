@@ -62,6 +62,16 @@ def test_absurdly_deep_json_gets_400(base):
     assert r.json() == {"error": "request body is not valid JSON: nested too deeply"}
 
 
+def test_the_embedded_cluster_listens_on_loopback_only(base):
+    from test_cli_security import children, listening
+
+    def tree(pid):
+        return [pid] + [p for c in children(pid) for p in tree(c)]
+    sockets = listening(tree(os.getpid()))
+    assert len(sockets) >= 6  # scheduler, its HTTP server, REST API, proxy, workers and their HTTP servers
+    assert [(a, p) for a, p in sockets if a != "0100007F"] == []
+
+
 def test_token_sources_in_order(tmp_path, monkeypatch):
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")

@@ -20,24 +20,45 @@ import inspect
 import logging
 import os
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.concurrency import iterate_in_threadpool
+from starlette.responses import StreamingResponse
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
 from ..ingress import prepare_asgi_app
 from ..serialization import loads
 from ..types import Message, Receive, Scope, WireContext
-from ..wire import GRPC_METHOD, HTTP_METHOD
+from ..wire import GRPC_METHOD, HTTP_METHOD, LastItem
 from .grpc_adapter import serve_grpc
 from .http_adapter import serve_http, serve_websocket
+from .replica_metrics import ReplicaMetrics
 
 __all__ = ["ReplicaActor"]
 
 logger = logging.getLogger("dserve.replica")
 
 _ASYNC, _SYNC, _ASYNC_GEN, _GEN = "async", "sync", "asyncgen", "gen"
+
+
+def _http_server_error(batch: Any) -> bool:
+    """Whether a batch of ASGI messages starts a 5xx response."""
+    messages = batch.value if type(batch) is LastItem else batch
+    for message in messages:
+        if message.get("type") == "http.response.start":
+            return message.get("status", 200) >= 500
+    return False
+
+
+def _resolve(servable: Any, name: str, deployment: str) -> Callable:
+    """The callable a request for method ``name`` runs."""
+    if not inspect.isfunction(servable) and hasattr(servable, name):
+        return getattr(servable, name)
+    if name == "__call__" and callable(servable):
+        return servable
+    raise AttributeError(f"deployment {deployment!r} has no method {name!r}")
 
 
 def _kind(fn: Callable) -> str:
@@ -74,6 +95,7 @@ class ReplicaActor:
         self._sem: Optional[asyncio.Semaphore] = None
         self._idle: Optional[asyncio.Event] = None
         self._asgi_app: Any = None
+        self.metrics: Optional[ReplicaMetrics] = None
 
     # ---- lifecycle (controller -> Dask actor calls) ----
     async def initialize(self) -> dict:
@@ -85,8 +107,6 @@ class ReplicaActor:
         try:
             await self._initialize()
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
-            import traceback
-
             return {"error": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
         return self.info()
 
@@ -95,14 +115,10 @@ class ReplicaActor:
         self._sem = asyncio.Semaphore(self.max_ongoing)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._pool = ThreadPoolExecutor(
-            max_workers=self.max_ongoing, thread_name_prefix=f"dserve-{self.deployment}"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=self.max_ongoing, thread_name_prefix=f"dserve-{self.deployment}")
         token = _current_replica.set(self.context)
         try:
-            target, (args, kwargs) = await loop.run_in_executor(
-                self._pool, lambda: (loads(self._code), loads(self._init))
-            )
+            target, (args, kwargs) = await loop.run_in_executor(self._pool, lambda: (loads(self._code), loads(self._init)))
             if inspect.isclass(target):
                 self.servable = await self._construct(target, args, kwargs)
             else:
@@ -115,6 +131,9 @@ class ReplicaActor:
             _current_replica.reset(token)
         self._code = self._init = b""
         self.accepting = True
+        self.metrics = ReplicaMetrics.create(self)
+        if self.metrics is not None:
+            self.metrics.started()
 
     async def _construct(self, cls: type, args: tuple, kwargs: dict) -> Any:
         init = getattr(cls, "__init__", None)
@@ -195,6 +214,8 @@ class ReplicaActor:
     async def shutdown(self) -> None:
         """Release the user object (its ``__del__`` runs) and the thread pool."""
         self.accepting = False
+        if self.metrics is not None:
+            self.metrics.forget()
         servable, self.servable = self.servable, None
         self.context.servable_object = None
         self._methods.clear()
@@ -210,15 +231,7 @@ class ReplicaActor:
         if found is None and name == GRPC_METHOD:
             found = self._methods[name] = (functools.partial(serve_grpc, self), _ASYNC_GEN)
         if found is None:
-            if inspect.isfunction(self.servable) or not hasattr(self.servable, name):
-                if name == "__call__" and callable(self.servable):
-                    fn = self.servable
-                else:
-                    raise AttributeError(
-                        f"deployment {self.deployment!r} has no method {name!r}"
-                    )
-            else:
-                fn = getattr(self.servable, name)
+            fn = _resolve(self.servable, name, self.deployment)
             found = self._methods[name] = (fn, _kind(fn))
         return found
 
@@ -228,36 +241,37 @@ class ReplicaActor:
 
     async def websocket(self, scope: Scope, receive: Receive, ctx: Optional[WireContext]) -> AsyncIterator[Message]:
         """One WebSocket session from a proxy (it holds a request slot while open)."""
-        self._enter(ctx)
+        started, failed = self._enter(ctx), True
         try:
             async with self._sem:
                 async for message in serve_websocket(self._asgi_app, scope, receive):
                     yield message
+            failed = False
         finally:
-            self._exit()
+            self._exit(ctx, started, failed)
 
     def _call_with_request(self, request: Any) -> Any:
+        """A plain deployment's ``__call__`` with the Starlette request (sync ones in the pool)."""
         fn, kind = self._method("__call__")
         if kind == _ASYNC:
             return fn(request)
         if kind in (_GEN, _ASYNC_GEN):
-            from starlette.responses import StreamingResponse
-
-            if kind == _ASYNC_GEN:
-                return StreamingResponse(fn(request))
-            return StreamingResponse(iterate_in_threadpool(fn(request)))
+            return StreamingResponse(fn(request) if kind == _ASYNC_GEN else iterate_in_threadpool(fn(request)))
         return self._run_sync(functools.partial(fn, request))
 
-    def _enter(self, ctx: Optional[WireContext]) -> None:
+    def _enter(self, ctx: Optional[WireContext]) -> float:
         self.ongoing += 1
         self._idle.clear()
         _current_replica.set(self.context)
         _request_context.set(RequestContext.from_wire(ctx))
+        return time.perf_counter()
 
-    def _exit(self) -> None:
+    def _exit(self, ctx: Optional[WireContext], started: float, failed: bool) -> None:
         self.ongoing -= 1
         if self.ongoing == 0:
             self._idle.set()
+        if self.metrics is not None:
+            self.metrics.record(ctx.get("route", "") if ctx else "", started, failed)
 
     async def call(self, method: str, args: tuple, kwargs: dict, ctx: Optional[WireContext]) -> Any:
         """Run one unary request (in its own task, started by the transport)."""
@@ -267,17 +281,19 @@ class ReplicaActor:
                 f"method {method!r} of deployment {self.deployment!r} is a generator; "
                 "call it with handle.options(stream=True)"
             )
-        self._enter(ctx)
+        started, failed = self._enter(ctx), True
         try:
             async with self._sem:
                 if kind == _ASYNC:
-                    return await fn(*args, **kwargs)
-                result = await self._run_sync(functools.partial(fn, *args, **kwargs))
-                if inspect.isawaitable(result):
-                    result = await result
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await self._run_sync(functools.partial(fn, *args, **kwargs))
+                    if inspect.isawaitable(result):
+                        result = await result
+                failed = False
                 return result
         finally:
-            self._exit()
+            self._exit(ctx, started, failed)
 
     async def stream(self, method: str, args: tuple, kwargs: dict, ctx: Optional[WireContext]) -> AsyncIterator[Any]:
         """Run one streaming request, yielding the generator's items."""
@@ -287,18 +303,25 @@ class ReplicaActor:
                 f"method {method!r} of deployment {self.deployment!r} is not a generator; "
                 "stream=True needs a generator or async generator method"
             )
-        self._enter(ctx)
+        started, failed, server_error = self._enter(ctx), True, False
+        first_batch = method == HTTP_METHOD  # a proxied HTTP request: its first batch has the status
         try:
             async with self._sem:
                 if kind == _ASYNC_GEN:
                     agen = fn(*args, **kwargs)
                     try:
                         async for item in agen:
+                            if first_batch:
+                                first_batch, server_error = False, _http_server_error(item)
                             yield item
                     finally:
                         await agen.aclose()
                 else:
                     async for item in self.iterate_sync(functools.partial(fn, *args, **kwargs)):
                         yield item
+            failed = server_error  # a 5xx answer counts as an error too
+        except GeneratorExit:  # the caller stopped reading (e.g. after the last item): not a failure
+            failed = server_error
+            raise
         finally:
-            self._exit()
+            self._exit(ctx, started, failed)

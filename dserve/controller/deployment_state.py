@@ -126,6 +126,8 @@ class DeploymentState:
             return
         target, why = decision
         logger.info("autoscaling %s: %s", self.key, why)
+        direction = "up" if target > self.target else "down"
+        self.controller.telemetry.decisions.inc((self.name, self.app, direction))
         self.status = DeploymentStatus.UPSCALING if target > self.target else DeploymentStatus.DOWNSCALING
         self.trigger = DeploymentStatusTrigger.AUTOSCALING
         self.target = target

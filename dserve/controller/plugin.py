@@ -39,6 +39,7 @@ from ..rest.server import start_rest_server
 from .application_state import ApplicationState
 from .cluster_coupling import ClusterCoupling
 from .declarative import DeclarativeDeployer
+from .metrics import ControllerMetrics
 from .placement import PlacementLedger
 from .proxy_state import ProxyManager
 from .publisher import Publisher
@@ -113,6 +114,9 @@ class Controller(SchedulerPlugin):
         self.declarative = DeclarativeDeployer(self)
         self.ledger = PlacementLedger()
         self.metrics = LoadMetrics()
+        self.telemetry = ControllerMetrics(self)  # Prometheus metrics at the scheduler's /metrics
+        self.store.on_checkpoint = self.telemetry.checkpoint_ms.observe
+        self.reconciler.on_step = self.telemetry.loop_done
         self.coupling = ClusterCoupling(self)
         self.applied_envs: Set[str] = set()  # runtime_env plugins already registered
         self.rest_server: Any = None
@@ -133,6 +137,7 @@ class Controller(SchedulerPlugin):
         for handler, method in RPC_HANDLERS.items():
             scheduler.handlers[handler] = getattr(self.service, method)
         self.coupling.install()
+        self.telemetry.register()
         self._check_worker_ttl(scheduler)
         self._boot_task = asyncio.ensure_future(self._boot())
 
@@ -170,6 +175,7 @@ class Controller(SchedulerPlugin):
         """Stop the REST API, the loop and its tasks, the client; unregister the handlers."""
         self._closing = True
         self.coupling.uninstall()
+        self.telemetry.unregister()
         if self.rest_server is not None:
             await self.rest_server.stop()
         await self.reconciler.stop()

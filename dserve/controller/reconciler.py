@@ -39,6 +39,7 @@ class Reconciler:
         self._tasks: Set[asyncio.Task] = set()
         self._loop_task: Optional[asyncio.Task] = None
         self._backoff: Dict[str, tuple] = {}  # deployment key -> (failures, retry at)
+        self.on_step: Optional[Callable[[float], None]] = None  # called with the step's perf_counter start
 
     # ---- the loop ----
     def start(self) -> None:
@@ -67,7 +68,10 @@ class Reconciler:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            started = time.perf_counter()
             self.step()
+            if self.on_step is not None:
+                self.on_step(started)
             event, self._ticked = self._ticked, asyncio.Event()
             event.set()
 

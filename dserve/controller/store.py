@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from . import checkpoint
@@ -31,6 +32,7 @@ class GoalStore:
         self.deploy_mode: Optional[str] = None  # MULTI_APP / SINGLE_APP of the last config deploy
         self.deployed_config: Optional[Dict[str, Any]] = None  # the last config deployed
         self.restored_from_checkpoint = False
+        self.on_checkpoint: Optional[Callable[[tuple, float], None]] = None  # (labels, ms) per write
 
     @property
     def state_path(self) -> Optional[str]:
@@ -47,6 +49,7 @@ class GoalStore:
         if not path:
             return
         apps = [app.spec for app in self.apps.values() if not app.deleting and not app.building]
+        started = time.perf_counter()
         try:
             checkpoint.save(path, {
                 "apps": apps,
@@ -55,6 +58,9 @@ class GoalStore:
             })
         except OSError as exc:
             logger.error("dserve: could not write the state file %s: %s", path, exc)
+            return
+        if self.on_checkpoint is not None:
+            self.on_checkpoint((), (time.perf_counter() - started) * 1000.0)
 
     def restore(self, make_app: Callable[["ApplicationSpec"], ApplicationState]) -> None:
         """Load the state file, if any, creating each application with ``make_app``."""

@@ -22,7 +22,9 @@ import grpc
 
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
+from ..metrics import enabled
 from ..wire import GRPC_METHOD
+from .proxy_metrics import ProtocolMetrics
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -78,6 +80,8 @@ class GRPCProxy:
         self.server: Optional[grpc.aio.Server] = None
         self.port = 0
         self.draining = False
+        host = runtime.local_address or ""
+        self.metrics = ProtocolMetrics("grpc", host, host.split("://")[-1].rsplit(":", 1)[0]) if enabled() else None
 
     def update_routes(self, snapshot: Dict[str, Any]) -> None:
         self.apps = dict(snapshot.get("apps", {}))
@@ -96,6 +100,8 @@ class GRPCProxy:
                     continue  # client streaming is not supported
                 wrap = grpc.unary_stream_rpc_method_handler if h.response_streaming else grpc.unary_unary_rpc_method_handler
                 behaviour = self._stream(name) if h.response_streaming else self._unary(name)
+                if self.metrics is not None:
+                    behaviour = self._recorded(f"/{service}/{name}", behaviour, h.response_streaming)
                 ours[name] = wrap(behaviour, request_deserializer=h.request_deserializer,
                                   response_serializer=h.response_serializer)
             handlers.append(grpc.method_handlers_generic_handler(service, ours))
@@ -191,6 +197,37 @@ class GRPCProxy:
         finally:
             await stream.aclose()
         return result
+
+    def _recorded(self, route: str, behaviour: Any, streaming: bool) -> Any:
+        """``behaviour`` counted in the gRPC request metrics (status from the call's context)."""
+        metrics = self.metrics
+
+        def finish(started: float, context: Any, failed: bool) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            name = getattr(code, "name", None) or ("INTERNAL" if failed else "OK")
+            app = dict((context.invocation_metadata() or ())).get("application", "")
+            metrics.finished(started, route, route, app, name, name != "OK")
+
+        if streaming:
+            async def stream(request: Any, context: Any) -> Any:
+                started, failed = metrics.started(), True
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    finish(started, context, failed)
+            return stream
+
+        async def unary(request: Any, context: Any) -> Any:
+            started, failed = metrics.started(), True
+            try:
+                result = await behaviour(request, context)
+                failed = False
+                return result
+            finally:
+                finish(started, context, failed)
+        return unary
 
     def _unary(self, name: str) -> Any:
         async def behaviour(request: Any, context: Any) -> Any:

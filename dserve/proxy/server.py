@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Dict, Optional
 
+from distributed.comm import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..config import HTTPOptions, gRPCOptions
+from ..metrics import enabled as metrics_enabled
 from ..runtime import get_runtime
-from ..types import RouteTable
+from ..types import ASGIApp, RouteTable
 from ..uvicorn_server import EmbeddedServer, config
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
+from .proxy_metrics import HTTPMetrics
 
 __all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME"]
 
@@ -49,10 +52,17 @@ class ProxyServer:
     def task(self) -> Optional[asyncio.Task]:
         return self.server.task if self.server is not None else None
 
+    def _served_app(self) -> ASGIApp:
+        """The proxy app, wrapped to record request metrics unless they are off."""
+        if not metrics_enabled():
+            return self.app
+        host = self.runtime.local_address or ""
+        return HTTPMetrics(self.app, self.app.match, self.options.root_path, host, get_address_host(host) if host else "")
+
     async def start(self) -> None:
         o = self.options
         self.server = EmbeddedServer(config(
-            self.app, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
+            self._served_app(), ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
             ssl_keyfile=o.ssl_keyfile, ssl_certfile=o.ssl_certfile,
             ssl_keyfile_password=o.ssl_keyfile_password, ssl_ca_certs=o.ssl_ca_certs,
         ))

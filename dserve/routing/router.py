@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Deque
 from ..context import RequestContext
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import ReplicaSetSnapshot, Scope
+from .router_metrics import track_router
 from .transport import Undelivered
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class Router:
         self.max_queued = -1
         self.waiters: Deque[_Waiter] = collections.deque()
         self._ready = asyncio.Event()
+        self.num_requests = 0  # routed so far (metrics)
+        track_router(self)
 
     # ---- replica set updates (from the controller's long poll) ----
     def update(self, snapshot: ReplicaSetSnapshot) -> None:
@@ -159,6 +162,7 @@ class Router:
         (in this process or over the transport); a replica that was never reached
         is dropped and another tried. With ``hold`` the slot stays taken (streams,
         sessions) until the caller releases it."""
+        self.num_requests += 1
         while True:
             slot = await self.assign(model_id)
             try:
