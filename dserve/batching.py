@@ -5,7 +5,12 @@ a list and returns a list of the same length (or, as an async generator,
 yields such lists, and each caller receives a stream of its elements). A batch
 closes when ``max_batch_size`` is reached (by count, or by ``batch_size_fn``)
 or ``batch_wait_timeout_s`` after its first item. A failing batch fails only
-its own callers; a cancelled caller is dropped before its batch runs.
+its own callers; a cancelled caller is dropped before its batch runs. As in Ray,
+the handler may return any sequence of the right length (a list, a tuple, a numpy
+array), a wrong length is a ``RayServeException``, and a batched generator ends
+one caller's stream by yielding ``StopIteration`` in that caller's position.
+Each batch is recorded in ``serve_batch_size``, ``serve_batch_wait_time_ms`` and
+``serve_batch_execution_time_ms`` (labelled with the replica and the function).
 """
 from __future__ import annotations
 
@@ -13,7 +18,13 @@ import asyncio
 import collections
 import functools
 import inspect
+import time
 from typing import Any, Callable, Deque, List, Optional
+
+from .context import _current_replica
+from .exceptions import RayServeException
+from .metrics import enabled as metrics_enabled
+from .metrics import table
 
 __all__ = ["batch"]
 
@@ -38,10 +49,28 @@ def _check(max_batch_size: Any, timeout: Any, concurrent: Any) -> None:
 
 
 class _Request:
-    __slots__ = ("args", "kwargs", "future", "channel")
+    __slots__ = ("args", "kwargs", "future", "channel", "arrived")
 
     def __init__(self, args: tuple, kwargs: dict, future: asyncio.Future, channel: Optional[asyncio.Queue]) -> None:
         self.args, self.kwargs, self.future, self.channel = args, kwargs, future, channel
+        self.arrived = time.perf_counter()
+
+
+_BATCH_LABELS = ("deployment", "replica", "application", "function_name")
+_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+class _BatchMetrics:
+    def __init__(self, function_name: str) -> None:
+        replica = _current_replica.get()
+        ids = (replica.deployment, replica.replica_id, replica.app_name) if replica is not None else ("", "", "")
+        self.labels = ids + (function_name,)
+        self.size = table("histogram", "serve_batch_size", "The number of requests in each batch.",
+                          _BATCH_LABELS, buckets=_SIZE_BUCKETS)
+        self.wait = table("histogram", "serve_batch_wait_time_ms",
+                          "How long the first request of each batch waited for the batch to close (ms).", _BATCH_LABELS)
+        self.execution = table("histogram", "serve_batch_execution_time_ms",
+                               "How long each batch took to run (ms).", _BATCH_LABELS)
 
 
 _END = object()
@@ -58,6 +87,7 @@ class _BatchQueue:
         self.arrived = asyncio.Event()
         self.running = 0
         self.slot_free = asyncio.Event()
+        self.metrics = _BatchMetrics(getattr(handler, "__name__", "")) if metrics_enabled() else None
         self.loop_task = asyncio.ensure_future(self._loop())
 
     def put(self, request: _Request) -> None:
@@ -122,6 +152,17 @@ class _BatchQueue:
         return args, kwargs
 
     async def _run(self, batch: List[_Request]) -> None:
+        started = time.perf_counter()
+        try:
+            await self._run_batch(batch)
+        finally:
+            if self.metrics is not None:
+                labels = self.metrics.labels
+                self.metrics.size.observe(labels, len(batch))
+                self.metrics.wait.observe(labels, (started - batch[0].arrived) * 1000.0)
+                self.metrics.execution.observe(labels, (time.perf_counter() - started) * 1000.0)
+
+    async def _run_batch(self, batch: List[_Request]) -> None:
         try:
             args, kwargs = self._call_args(batch)
         except (IndexError, KeyError):
@@ -140,21 +181,34 @@ class _BatchQueue:
             _fail(batch, exc)
 
     async def _run_generator(self, batch: List[_Request], args: list, kwargs: dict) -> None:
+        ended = [False] * len(batch)
         async for results in self.handler(*args, **kwargs):
             _check_length(results, batch)
-            for request, result in zip(batch, results):
-                if not request.future.done():
+            for i, (request, result) in enumerate(zip(batch, results)):
+                if ended[i] or request.future.done():
+                    continue
+                if result is StopIteration or isinstance(result, StopIteration):  # this caller's stream ends
+                    ended[i] = True
+                    request.channel.put_nowait(_END)
+                else:
                     request.channel.put_nowait(result)
-        for request in batch:
-            request.channel.put_nowait(_END)
+        for i, request in enumerate(batch):
+            if not ended[i]:
+                request.channel.put_nowait(_END)
 
 
 def _check_length(results: Any, batch: List[_Request]) -> None:
-    if not isinstance(results, (list, tuple)) or len(results) != len(batch):
-        got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-        raise TypeError(
-            f"a @serve.batch handler must return a list with one element per input: "
-            f"got {got} for a batch of {len(batch)}"
+    try:
+        length = len(results)
+    except TypeError:
+        raise RayServeException(
+            f"Batched function doesn't preserve batch size: it returned a {type(results).__name__}, "
+            f"not a sequence of {len(batch)} results."
+        ) from None
+    if length != len(batch):
+        raise RayServeException(
+            f"Batched function doesn't preserve batch size. The input list has length {len(batch)} "
+            f"but the returned list has length {length}."
         )
 
 

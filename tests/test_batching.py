@@ -4,6 +4,7 @@ import asyncio
 import pytest
 
 import dserve as serve
+from dserve.exceptions import RayServeException
 
 
 def run(coro):
@@ -81,7 +82,9 @@ def test_wrong_length_and_exceptions_fail_only_that_batch():
         return first, second, third
 
     first, second, third = run(main())
-    assert all(isinstance(e, TypeError) and "one element per input" in str(e) for e in first)
+    assert [type(e) for e in first] == [RayServeException] * 3
+    assert str(first[0]) == ("Batched function doesn't preserve batch size. The input list has length 3 "
+                             "but the returned list has length 2.")
     assert all(isinstance(e, RuntimeError) and "model crashed" in str(e) for e in second)
     assert third == [0, 1, 2]
 
@@ -182,3 +185,38 @@ def test_batching_inside_a_replica(clean):
     assert [r.result() for r in responses] == [i * 10 for i in range(32)]
     sizes = h.batch_sizes.remote().result()
     assert sum(sizes) == 32 and max(sizes) > 1
+
+
+def test_any_sequence_of_the_right_length_is_accepted():
+    np = pytest.importorskip("numpy")
+
+    @serve.batch(max_batch_size=3, batch_wait_timeout_s=0.05)
+    async def as_array(items):
+        return np.array(items) * 2
+
+    @serve.batch(max_batch_size=3, batch_wait_timeout_s=0.05)
+    async def as_tuple(items):
+        return tuple(i + 1 for i in items)
+
+    async def main():
+        return (await asyncio.gather(*[as_array(i) for i in range(3)]),
+                await asyncio.gather(*[as_tuple(i) for i in range(3)]))
+
+    doubled, plus_one = run(main())
+    assert [int(x) for x in doubled] == [0, 2, 4]
+    assert plus_one == [1, 2, 3]
+
+
+def test_a_batched_generator_ends_one_callers_stream_with_stop_iteration():
+    @serve.batch(max_batch_size=2, batch_wait_timeout_s=0.05)
+    async def counts(limits):
+        for step in range(3):
+            yield [step if step < limit else StopIteration for limit in limits]
+
+    async def collect(limit):
+        return [x async for x in counts(limit)]
+
+    async def main():
+        return await asyncio.gather(collect(1), collect(3))
+
+    assert run(main()) == [[0], [0, 1, 2]]

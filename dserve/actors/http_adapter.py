@@ -11,7 +11,14 @@ simple response is one batch and a streaming one arrives as it is produced.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
+import pathlib
+import uuid
+from collections.abc import Iterable, Mapping
 import logging
 import traceback
 from typing import Any, AsyncIterator, Callable, List, Optional
@@ -28,15 +35,36 @@ logger = logging.getLogger("dserve.replica")
 
 
 def _json_default(obj: Any) -> Any:
+    """FastAPI's ``jsonable_encoder`` rules, as Ray Serve applies them to return values:
+    pydantic models, mappings (e.g. ``request.query_params``), dataclasses, sequences
+    and sets, numpy arrays and scalars, enums, dates, UUIDs, paths, decimals."""
     dump = getattr(obj, "model_dump", None)
     if dump is not None:
         return dump(mode="json")
-    if hasattr(obj, "dict"):
-        return obj.dict()
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     if isinstance(obj, bytes):
         return obj.decode("utf-8", "replace")
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, datetime.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, decimal.Decimal):
+        return float(obj)
+    if isinstance(obj, (uuid.UUID, pathlib.PurePath)):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    if hasattr(obj, "dict"):
+        return obj.dict()
+    if isinstance(obj, Iterable):
+        return list(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 

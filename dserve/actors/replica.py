@@ -52,6 +52,29 @@ def _http_server_error(batch: Any) -> bool:
     return False
 
 
+async def _construct(cls: type, args: tuple, kwargs: dict, run_sync: Callable) -> Any:
+    """Build the user's object: an ``async def __init__`` on the loop, a sync one in the pool."""
+    init = getattr(cls, "__init__", None)
+    if inspect.iscoroutinefunction(init):
+        obj = cls.__new__(cls)
+        await init(obj, *args, **kwargs)
+        return obj
+    return await run_sync(functools.partial(cls, *args, **kwargs))
+
+
+async def _iterate_sync(run_sync: Callable, make_generator: Callable[[], Any]) -> AsyncIterator[Any]:
+    gen = await run_sync(make_generator)
+    done = object()
+    try:
+        while True:
+            item = await run_sync(next, gen, done)
+            if item is done:
+                return
+            yield item
+    finally:
+        gen.close()
+
+
 def _resolve(servable: Any, name: str, deployment: str) -> Callable:
     """The callable a request for method ``name`` runs."""
     if not inspect.isfunction(servable) and hasattr(servable, name):
@@ -59,6 +82,13 @@ def _resolve(servable: Any, name: str, deployment: str) -> Callable:
     if name == "__call__" and callable(servable):
         return servable
     raise AttributeError(f"deployment {deployment!r} has no method {name!r}")
+
+
+def _takes_arguments(fn: Callable) -> bool:
+    try:
+        return bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return True
 
 
 def _kind(fn: Callable) -> str:
@@ -96,6 +126,7 @@ class ReplicaActor:
         self._idle: Optional[asyncio.Event] = None
         self._asgi_app: Any = None
         self.metrics: Optional[ReplicaMetrics] = None
+        self._call_takes_request: Optional[bool] = None
 
     # ---- lifecycle (controller -> Dask actor calls) ----
     async def initialize(self) -> dict:
@@ -120,7 +151,7 @@ class ReplicaActor:
         try:
             target, (args, kwargs) = await loop.run_in_executor(self._pool, lambda: (loads(self._code), loads(self._init)))
             if inspect.isclass(target):
-                self.servable = await self._construct(target, args, kwargs)
+                self.servable = await _construct(target, args, kwargs, self._run_sync)
             else:
                 self.servable = target
             self.context.servable_object = self.servable
@@ -135,30 +166,13 @@ class ReplicaActor:
         if self.metrics is not None:
             self.metrics.started()
 
-    async def _construct(self, cls: type, args: tuple, kwargs: dict) -> Any:
-        init = getattr(cls, "__init__", None)
-        if inspect.iscoroutinefunction(init):
-            obj = cls.__new__(cls)
-            await init(obj, *args, **kwargs)
-            return obj
-        return await self._run_sync(functools.partial(cls, *args, **kwargs))
-
     async def _run_sync(self, fn: Callable, *args: Any) -> Any:
         ctx = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(ctx.run, fn, *args))
 
-    async def iterate_sync(self, make_generator: Callable[[], Any]) -> AsyncIterator[Any]:
+    def iterate_sync(self, make_generator: Callable[[], Any]) -> AsyncIterator[Any]:
         """Step a sync generator in this replica's thread pool, one item at a time."""
-        gen = await self._run_sync(make_generator)
-        done = object()
-        try:
-            while True:
-                item = await self._run_sync(next, gen, done)
-                if item is done:
-                    return
-                yield item
-        finally:
-            gen.close()
+        return _iterate_sync(self._run_sync, make_generator)
 
     async def _reconfigure(self, user_config: Any) -> None:
         method = None if inspect.isfunction(self.servable) else getattr(self.servable, "reconfigure", None)
@@ -189,10 +203,7 @@ class ReplicaActor:
             return
         token = _current_replica.set(self.context)
         try:
-            if inspect.iscoroutinefunction(method):
-                await method()
-            else:
-                await self._run_sync(method)
+            await (method() if inspect.iscoroutinefunction(method) else self._run_sync(method))
         finally:
             _current_replica.reset(token)
 
@@ -251,13 +262,17 @@ class ReplicaActor:
             self._exit(ctx, started, failed)
 
     def _call_with_request(self, request: Any) -> Any:
-        """A plain deployment's ``__call__`` with the Starlette request (sync ones in the pool)."""
+        """A plain deployment's ``__call__`` with the Starlette request (none if it takes no
+        arguments, as in Ray); sync ones run in the pool."""
         fn, kind = self._method("__call__")
+        if self._call_takes_request is None:
+            self._call_takes_request = _takes_arguments(fn)
+        args = (request,) if self._call_takes_request else ()
         if kind == _ASYNC:
-            return fn(request)
+            return fn(*args)
         if kind in (_GEN, _ASYNC_GEN):
-            return StreamingResponse(fn(request) if kind == _ASYNC_GEN else iterate_in_threadpool(fn(request)))
-        return self._run_sync(functools.partial(fn, request))
+            return StreamingResponse(fn(*args) if kind == _ASYNC_GEN else iterate_in_threadpool(fn(*args)))
+        return self._run_sync(functools.partial(fn, *args))
 
     def _enter(self, ctx: Optional[WireContext]) -> float:
         self.ongoing += 1

@@ -1,0 +1,113 @@
+"""Ray Serve behaviours that plain Ray Serve code relies on: return-value conversion,
+no-argument handlers, ingress factories, batch result types, per-replica ingress apps."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import dserve as serve
+from dserve.ingress import prepare_asgi_app
+from conftest import proxy_url
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@serve.deployment
+class Echo:
+    def __call__(self, request):
+        kind = request.query_params["kind"]
+        return {
+            "query": lambda: request.query_params,
+            "dataclass": lambda: Point(1, 2),
+            "tuple": lambda: (1, "a"),
+            "numpy": lambda: {"scalar": np.int64(7), "array": np.arange(3)},
+            "enum": lambda: [Color.RED],
+        }[kind]()
+
+
+@serve.deployment
+def no_arguments():
+    return "called with nothing"
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/hello")
+    def hello() -> dict:
+        return {"from": "factory"}
+
+    return app
+
+
+@serve.deployment
+@serve.ingress(make_app)
+class FromFactory:
+    pass
+
+
+@pytest.fixture(scope="module")
+def url(serve_instance):
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    serve.run(no_arguments.bind(), name="noargs", route_prefix="/noargs")
+    serve.run(FromFactory.bind(), name="factory", route_prefix="/factory")
+    yield proxy_url()
+    for name in ("echo", "noargs", "factory"):
+        serve.delete(name)
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("query", {"kind": "query", "extra": "1"}),
+    ("dataclass", {"x": 1, "y": 2}),
+    ("tuple", [1, "a"]),
+    ("numpy", {"scalar": 7, "array": [0, 1, 2]}),
+    ("enum", ["red"]),
+])
+def test_return_values_are_converted_like_ray(url, kind, expected):
+    r = httpx.get(f"{url}/echo", params={"kind": kind, "extra": "1"} if kind == "query" else {"kind": kind})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == expected
+
+
+def test_a_handler_without_arguments_is_called_without_the_request(url):
+    r = httpx.get(f"{url}/noargs")
+    assert (r.status_code, r.text) == (200, "called with nothing")
+
+
+def test_ingress_accepts_an_app_factory(url):
+    r = httpx.get(f"{url}/factory/hello")
+    assert (r.status_code, r.json()) == (200, {"from": "factory"})
+
+
+def test_each_replica_binds_its_own_copy_of_a_shared_ingress_app():
+    app = FastAPI()
+
+    class Greeter:
+        def __init__(self, name):
+            self.name = name
+
+        @app.get("/")
+        def hello(self) -> dict:
+            return {"name": self.name}
+
+    serve.ingress(app)(Greeter)
+    first, second = prepare_asgi_app(Greeter("first")), prepare_asgi_app(Greeter("second"))
+    assert TestClient(first).get("/").json() == {"name": "first"}
+    assert TestClient(second).get("/").json() == {"name": "second"}
+    assert TestClient(first).get("/").json() == {"name": "first"}  # not rebound by the second replica
+    assert app.router.routes[-1].endpoint is Greeter.__dict__["hello"]  # the shared app is untouched
