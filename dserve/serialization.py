@@ -6,23 +6,30 @@
 * User code ships by value when its module is not an installed package
   (scripts, notebooks, test files), so an application defined anywhere deploys
   without a runtime_env; installed modules ship by reference.
+* Code shipped by value keeps its file names, and the source of those files
+  travels with it (registered with ``linecache`` where it is loaded), so remote
+  tracebacks show the user's real file, line and code.
 * Exceptions raised by user code come back with their own type and the remote
-  traceback in their message.
+  traceback in their message, dserve's own frames left out.
 """
 from __future__ import annotations
 
+import io
+import linecache
 import logging
 import os
 import pickle
 import sys
 import sysconfig
 import traceback
+import types
 from types import ModuleType
-from typing import Any
+from typing import Any, Dict
 
 import cloudpickle
 
-__all__ = ["dumps", "loads", "dumps_code", "ship_module_by_value", "pack_exception", "unpack_exception"]
+__all__ = ["dumps", "loads", "dumps_code", "ship_module_by_value", "pack_exception", "unpack_exception",
+           "user_traceback"]
 
 logger = logging.getLogger("dserve")
 
@@ -61,10 +68,58 @@ def ship_module_by_value(obj: Any) -> None:
         _by_value_markers = _by_value_markers + (name.encode(),)
 
 
+class _CodePickler(cloudpickle.Pickler):
+    """cloudpickle, keeping each code object's real file name (cloudpickle writes
+    ``<dynamic-code>``) so tracebacks point at the user's file."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType):
+            constructor, args = _cloudpickle_code_reduce(obj)
+            return constructor, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
+        return super().reducer_override(obj)
+
+
+def _cloudpickle_code_reduce(obj: types.CodeType) -> Any:
+    from cloudpickle import cloudpickle as implementation
+
+    return implementation._code_reduce(obj)
+
+
+def _sources(obj: Any) -> Dict[str, str]:
+    """The source of the module defining ``obj`` when it ships by value (for linecache)."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if not path or _is_installed(module):
+        return {}
+    try:
+        with open(path) as f:
+            return {path: f.read()}
+    except OSError:
+        return {}
+
+
+def _restore_code(sources: Dict[str, str], payload: bytes) -> Any:
+    for path, text in sources.items():
+        if path not in linecache.cache or linecache.cache[path][1] is None:
+            linecache.cache[path] = (len(text), None, text.splitlines(True), path)
+    return pickle.loads(payload)
+
+
+class _ShippedCode:
+    def __init__(self, sources: Dict[str, str], payload: bytes) -> None:
+        self.sources, self.payload = sources, payload
+
+    def __reduce__(self) -> tuple:
+        return _restore_code, (self.sources, self.payload)
+
+
 def dumps_code(obj: Any) -> bytes:
-    """Serialize user code (a class or function) for shipping to workers."""
+    """Serialize user code (a class or function) for shipping to workers: ``loads`` gives
+    it back, with its file names and source available to tracebacks there."""
     ship_module_by_value(obj)
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    buffer = io.BytesIO()
+    _CodePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return cloudpickle.dumps(_ShippedCode(_sources(obj), buffer.getvalue()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def dumps(obj: Any) -> bytes:
@@ -93,9 +148,18 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
+def user_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` without dserve's own frames (when any remain)."""
+    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    user_frames = [f for f in formatted.stack if not f.filename.startswith(_DSERVE_ROOT)]
+    if user_frames and len(user_frames) < len(formatted.stack):
+        formatted.stack = traceback.StackSummary.from_list(user_frames)
+    return "".join(formatted.format())
+
+
 def pack_exception(exc: BaseException) -> bytes:
     """Pickle an exception with its formatted traceback; never fails."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = user_traceback(exc)
     try:
         return dumps((exc, tb))
     except Exception:

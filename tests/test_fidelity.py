@@ -111,3 +111,26 @@ def test_each_replica_binds_its_own_copy_of_a_shared_ingress_app():
     assert TestClient(second).get("/").json() == {"name": "second"}
     assert TestClient(first).get("/").json() == {"name": "first"}  # not rebound by the second replica
     assert app.router.routes[-1].endpoint is Greeter.__dict__["hello"]  # the shared app is untouched
+
+
+@serve.deployment
+class Broken:
+    def __call__(self, x):
+        return self.explode(x)
+
+    def explode(self, x):
+        raise KeyError(f"no such key {x}")  # the line the caller must see
+
+
+def test_remote_tracebacks_show_the_users_file_and_line_without_dserve_frames(serve_instance):
+    handle = serve.run(Broken.bind(), name="broken", route_prefix=None)
+    try:
+        with pytest.raises(KeyError) as caught:
+            handle.remote("k").result(timeout_s=30)
+        text = str(caught.value)
+        assert f'File "{__file__}"' in text
+        assert 'raise KeyError(f"no such key {x}")  # the line the caller must see' in text
+        assert "<dynamic-code>" not in text
+        assert "dserve/actors" not in text and "dserve/routing" not in text
+    finally:
+        serve.delete("broken")

@@ -20,12 +20,12 @@ import pathlib
 import uuid
 from collections.abc import Iterable, Mapping
 import logging
-import traceback
 from typing import Any, AsyncIterator, Callable, List, Optional
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from ..serialization import user_traceback
 from ..types import ASGIApp, Message, Receive, Scope
 from ..wire import LastItem
 
@@ -92,7 +92,7 @@ async def _call_plain(call_user: Callable[[Request], Any], request: Request) -> 
 
 
 def error_response(exc: BaseException) -> Response:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = user_traceback(exc)
     return PlainTextResponse(f"Unexpected error, traceback: {tb}", status_code=500)
 
 

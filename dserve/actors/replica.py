@@ -20,7 +20,6 @@ import inspect
 import logging
 import os
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.concurrency import iterate_in_threadpool
@@ -29,7 +28,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
 from ..ingress import prepare_asgi_app
-from ..serialization import loads
+from ..serialization import loads, user_traceback
 from ..types import Message, Receive, Scope, WireContext
 from ..wire import GRPC_METHOD, HTTP_METHOD, LastItem
 from .grpc_adapter import serve_grpc
@@ -138,7 +137,7 @@ class ReplicaActor:
         try:
             await self._initialize()
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
-            return {"error": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+            return {"error": user_traceback(exc)}
         return self.info()
 
     async def _initialize(self) -> None:
