@@ -10,6 +10,8 @@ signal details).
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from typing import Any, Dict, Optional
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -17,7 +19,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from ..config import HTTPOptions, gRPCOptions
 from ..runtime import get_runtime
 from ..types import RouteTable
-from ..uvicorn_server import EmbeddedServer, config
+from ..uvicorn_server import ConnectionLimits, EmbeddedServer, GuardedHttpToolsProtocol, config, fd_bounded
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
@@ -25,6 +27,19 @@ from .http_proxy import HTTPProxy
 __all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME"]
 
 PROXY_PLUGIN_NAME = "dserve-proxy"
+
+logger = logging.getLogger("dserve.proxy")
+
+
+def connection_limits(o: HTTPOptions) -> ConnectionLimits:
+    """The protocol's limits from the proxy's options (connections bounded by the open-file limit)."""
+    cap = fd_bounded(o.max_connections)
+    if cap != o.max_connections:
+        logger.warning("dserve proxy: max_connections %s lowered to %s by this process's open-file limit",
+                       o.max_connections, cap)
+    return ConnectionLimits(max_header_bytes=o.max_request_header_bytes, max_body_bytes=o.max_request_body_bytes,
+                            header_timeout_s=o.request_header_timeout_s, body_timeout_s=o.request_body_timeout_s,
+                            max_connections=cap)
 
 
 class ProxyServer:
@@ -51,8 +66,9 @@ class ProxyServer:
 
     async def start(self) -> None:
         o = self.options
+        protocol = functools.partial(GuardedHttpToolsProtocol, limits=connection_limits(o))
         self.server = EmbeddedServer(config(
-            self.app, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
+            self.app, http=protocol, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
             ssl_keyfile=o.ssl_keyfile, ssl_certfile=o.ssl_certfile,
             ssl_keyfile_password=o.ssl_keyfile_password, ssl_ca_certs=o.ssl_ca_certs,
         ))
