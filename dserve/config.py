@@ -46,6 +46,8 @@ POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may t
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
 PROXY_START_WAIT_S = 15.0  # serve.start waits this long for proxies to come up
 DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
+PROXY_HEALTH_CHECK_PERIOD_S = 2.0  # the controller asks each healthy proxy whether it still serves this often
+PROXY_HEALTH_CHECK_TIMEOUT_S = 5.0  # a proxy health check unanswered this long counts as failed
 # HTTP proxy limits (HTTPOptions); None in an option turns its limit off
 DEFAULT_MAX_REQUEST_HEADER_BYTES = 64 * 1024  # request line + headers; larger: 431
 DEFAULT_MAX_REQUEST_BODY_BYTES = 100 * 1024 * 1024  # larger (declared or counted as it arrives): 413

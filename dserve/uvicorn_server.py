@@ -63,12 +63,13 @@ class EmbeddedServer(uvicorn.Server):
 
     task: Optional[asyncio.Task] = None
     port: int = 0
+    sock: Optional[socket.socket] = None
 
     def capture_signals(self) -> contextlib.AbstractContextManager:  # type: ignore[override]
         return contextlib.nullcontext()
 
     async def start_serving(self, host: str, port: int) -> None:
-        sock = bind_socket(host, port)
+        sock = self.sock = bind_socket(host, port)
         self.port = sock.getsockname()[1]
         self.task = asyncio.ensure_future(self.serve(sockets=[sock]))
         for _ in range(500):
@@ -76,10 +77,26 @@ class EmbeddedServer(uvicorn.Server):
                 break
             await asyncio.sleep(0.01)
         if self.task.done():
+            self._release()
             self.task.result()
+
+    def _release(self) -> None:
+        """A server task that died (cancelled or failed) never shut down: close its
+        listening socket and its connections so the port can be served again."""
+        for server in getattr(self, "servers", []):
+            server.close()
+        if self.sock is not None:
+            self.sock.close()
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.close()
 
     async def stop(self, timeout: float = 5.0) -> None:
         if self.task is None:
+            return
+        if self.task.done():
+            self._release()
             return
         self.should_exit = True
         try:
@@ -87,6 +104,7 @@ class EmbeddedServer(uvicorn.Server):
         except Exception:  # noqa: BLE001
             self.force_exit = True
             self.task.cancel()
+            self._release()
 
 
 def config(app: Any, **kwargs: Any) -> uvicorn.Config:

@@ -8,7 +8,8 @@ buffered). Overload answers 503, ``request_timeout_s`` 408, a replica lost
 mid-request 500; a client disconnect cancels the request in the replica. The
 size and time limits on receiving a request are the protocol's
 (``uvicorn_server.GuardedHttpToolsProtocol``), applied before the request gets
-here.
+here. ``/-/healthz`` answers 503 until the first route table has arrived, while
+draining, and when the proxy has lost its connection to dserve.
 """
 from __future__ import annotations
 
@@ -54,9 +55,21 @@ class HTTPProxy:
         self.root_path = root_path.rstrip("/")
         self.request_timeout_s = request_timeout_s
         self.routes: List[Tuple[str, str, str]] = []  # (prefix, app, ingress), longest prefix first
+        self.routes_populated = False
         self.draining = False
 
+    def readiness(self) -> Optional[str]:
+        """Why this proxy should not get traffic now (None: ready)."""
+        if self.draining:
+            return "This node is being drained."
+        if self.runtime.closed:
+            return "This proxy has lost its connection to dserve."
+        if not self.routes_populated:
+            return "Route table is not populated yet."
+        return None
+
     def update_routes(self, snapshot: RouteTable) -> None:
+        self.routes_populated = True
         table = snapshot.get("routes", {})
         self.routes = sorted(
             ((prefix, v["app"], v["ingress"]) for prefix, v in table.items()),
@@ -85,10 +98,8 @@ class HTTPProxy:
                 await send({"type": "http.response.body", "body": body})
                 return
             if path == "/-/healthz":
-                if self.draining:
-                    await _send_plain(send, 503, "This node is being drained.")
-                else:
-                    await _send_plain(send, 200, "success")
+                reason = self.readiness()
+                await _send_plain(send, 503 if reason else 200, reason or "success")
                 return
         route = self.match(path)
         if route is None:
