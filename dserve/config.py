@@ -48,6 +48,16 @@ POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may t
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
 PROXY_START_WAIT_S = 15.0  # serve.start waits this long for proxies to come up
 DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
+PROXY_HEALTH_CHECK_PERIOD_S = 2.0  # the controller asks each healthy proxy whether it still serves this often
+PROXY_HEALTH_CHECK_TIMEOUT_S = 5.0  # a proxy health check unanswered this long counts as failed
+# HTTP proxy limits (HTTPOptions); None in an option turns its limit off
+DEFAULT_MAX_REQUEST_HEADER_BYTES = 64 * 1024  # request line + headers; larger: 431
+DEFAULT_MAX_REQUEST_BODY_BYTES = 100 * 1024 * 1024  # larger (declared or counted as it arrives): 413
+DEFAULT_REQUEST_HEADER_TIMEOUT_S = 30.0  # from a request's first byte (or the accept) to its last header: else 408
+DEFAULT_REQUEST_BODY_TIMEOUT_S = 300.0  # from the last header to the body's last byte: else 408
+DEFAULT_MAX_CONNECTIONS = 10_000  # open connections per proxy; more are answered 503 and closed
+PROXY_FD_RESERVE = 256  # file descriptors a proxy's worker keeps beyond max_connections (RLIMIT_NOFILE bounds it)
+REJECT_LINGER_S = 2.0  # after a 4xx/503 a proxy reads and drops what the client still sends this long, then closes
 
 
 def validate_num_replicas(value: Any) -> Any:
@@ -239,7 +249,13 @@ class DeploymentConfig(_Strict):
 
 
 class HTTPOptions(_Strict):
-    """HTTP proxy options (Ray Serve's defaults)."""
+    """HTTP proxy options (Ray Serve's fields and defaults), plus the proxy's limits:
+    request line and headers over ``max_request_header_bytes`` get 431 before any
+    body is read; a body over ``max_request_body_bytes`` 413 (declared or counted as
+    it arrives); headers not complete ``request_header_timeout_s`` after the
+    request's first byte (or the accept), or a body not complete
+    ``request_body_timeout_s`` after them, 408; connections beyond
+    ``max_connections`` 503. None turns a limit off."""
 
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535)
@@ -250,6 +266,12 @@ class HTTPOptions(_Strict):
     ssl_certfile: Optional[str] = None
     ssl_keyfile_password: Optional[str] = None
     ssl_ca_certs: Optional[str] = None
+    # limits (not in Ray Serve, which has none): 431, 413, 408, 503
+    max_request_header_bytes: Optional[int] = Field(DEFAULT_MAX_REQUEST_HEADER_BYTES, gt=0)
+    max_request_body_bytes: Optional[int] = Field(DEFAULT_MAX_REQUEST_BODY_BYTES, ge=0)
+    request_header_timeout_s: Optional[PositiveFloat] = DEFAULT_REQUEST_HEADER_TIMEOUT_S
+    request_body_timeout_s: Optional[PositiveFloat] = DEFAULT_REQUEST_BODY_TIMEOUT_S
+    max_connections: Optional[int] = Field(DEFAULT_MAX_CONNECTIONS, gt=0)
 
 
 class gRPCOptions(_Strict):  # noqa: N801 - Ray Serve's name

@@ -12,6 +12,9 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .config import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_REQUEST_HEADER_BYTES,
+                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S)
+
 __all__ = [
     "ApplicationStatus",
     "DeploymentStatus",
@@ -242,6 +245,11 @@ class HTTPOptionsSchema(_Schema):
     root_path: str = ""
     request_timeout_s: Optional[float] = Field(None, gt=0)
     keep_alive_timeout_s: float = Field(90.0, gt=0)
+    max_request_header_bytes: Optional[int] = Field(DEFAULT_MAX_REQUEST_HEADER_BYTES, gt=0)
+    max_request_body_bytes: Optional[int] = Field(DEFAULT_MAX_REQUEST_BODY_BYTES, ge=0)
+    request_header_timeout_s: Optional[float] = Field(DEFAULT_REQUEST_HEADER_TIMEOUT_S, gt=0)
+    request_body_timeout_s: Optional[float] = Field(DEFAULT_REQUEST_BODY_TIMEOUT_S, gt=0)
+    max_connections: Optional[int] = Field(DEFAULT_MAX_CONNECTIONS, gt=0)
 
 
 class gRPCOptionsSchema(_Schema):  # noqa: N801 - Ray Serve's name

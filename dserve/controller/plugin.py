@@ -81,7 +81,9 @@ def options_from_dask_config() -> Dict[str, Any]:
     section = dask.config.get("dserve", {}) or {}
     get = lambda key: section.get(key, section.get(key.replace("-", "_")))  # noqa: E731
     options: Dict[str, Any] = {}
-    http = {k: get(f"http-{k}") for k in ("host", "port", "root-path", "request-timeout-s")}
+    http = {k: get(f"http-{k}") for k in ("host", "port", "root-path", "request-timeout-s", "max-request-header-bytes",
+                                          "max-request-body-bytes", "request-header-timeout-s",
+                                          "request-body-timeout-s", "max-connections")}
     http = {k.replace("-", "_"): v for k, v in http.items() if v is not None}
     if http:
         options["http_options"] = http

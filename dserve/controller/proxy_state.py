@@ -1,17 +1,30 @@
-"""Proxy management: where HTTP/gRPC proxies run, and starting and stopping them.
+"""Proxy management: where HTTP/gRPC proxies run, starting, checking and stopping them.
 
 One per host (EveryNode), the scheduler's host (HeadOnly) or none (Disabled).
 The manager elects one worker per host, keeps that choice while the worker
 lives, elects again when it leaves, and starts each elected proxy through the
 worker's ``dserve_proxy_start`` handler (``proxy.server.ProxyWorkerPlugin``).
+A healthy proxy is checked every ``PROXY_HEALTH_CHECK_PERIOD_S``
+(``dserve_proxy_check``); one whose HTTP server died is restarted at once, one
+that does not answer ``HEALTH_CHECK_FAILURE_THRESHOLD`` checks in a row too.
+
+A proxy's ``status`` is its HTTP server's (what ``serve.status().proxies``
+shows, as in Ray Serve); its gRPC server has its own ``grpc_status`` and
+``grpc_message`` (None when no servicer functions are configured), so a gRPC
+proxy that cannot start leaves HTTP serving. Reconfigurations hold ``lock``:
+they wait for the starts and checks in flight, stop every proxy and only then
+take the new options, and no proxy starts meanwhile, so none is left running
+unknown.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional, Set
 
-from ..config import PROXY_RETRY_AFTER_S, HTTPOptions, ProxyLocation, gRPCOptions
+from ..config import (HEALTH_CHECK_FAILURE_THRESHOLD, PROXY_HEALTH_CHECK_PERIOD_S, PROXY_HEALTH_CHECK_TIMEOUT_S,
+                      PROXY_RETRY_AFTER_S, HTTPOptions, ProxyLocation, gRPCOptions)
 from ..schema import ProxyStatus
 
 if TYPE_CHECKING:
@@ -20,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["ProxyManager"]
 
 logger = logging.getLogger("dserve.controller")
-
 
 
 class ProxyManager:
@@ -33,6 +45,8 @@ class ProxyManager:
         self.location = location
         self.grpc_options = grpc_options or gRPCOptions()
         self.proxies: Dict[str, Dict[str, Any]] = {}  # worker address -> record
+        self.lock = asyncio.Lock()  # one reconfiguration at a time; no starts during one
+        self._inflight: Set[asyncio.Task] = set()
 
     @property
     def settings(self) -> tuple:
@@ -41,7 +55,16 @@ class ProxyManager:
     async def reconfigure(self, http_options: HTTPOptions, location: ProxyLocation,
                           grpc_options: gRPCOptions) -> None:
         """New options: stop every proxy; the next reconcile starts them anew."""
-        await self.stop_all()
+        async with self.lock:
+            await self.apply(http_options, location, grpc_options)
+
+    async def apply(self, http_options: HTTPOptions, location: ProxyLocation, grpc_options: gRPCOptions) -> None:
+        """``reconfigure`` for a caller that holds ``lock``."""
+        while self._inflight:  # a start in flight would leave a proxy nobody knows about
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        for address in list(self.proxies):
+            await self._stop(address)
+        self.proxies.clear()
         self.http_options, self.location, self.grpc_options = http_options, location, grpc_options
 
     @property
@@ -64,23 +87,37 @@ class ProxyManager:
             chosen.append(sticky[0] if sticky else min(members, key=lambda ws: ws.address))
         return chosen
 
+    def _spawn(self, record: Dict[str, Any], coro: Awaitable[Any]) -> None:
+        record["pending"] = True
+        task = self.controller.reconciler.spawn(coro)
+        record["task"] = task
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
     def reconcile(self) -> None:
+        if self.lock.locked():
+            return  # a reconfiguration is stopping the proxies: start them after it
         elected = {ws.address: ws for ws in self.elect()}
         for address in list(self.proxies):
             if address not in elected:
-                del self.proxies[address]
+                record = self.proxies.pop(address)
+                if self.controller.worker_alive(address):  # e.g. closing gracefully: stop its proxy
+                    self.controller.reconciler.spawn(self._stop(address, record.get("task")))
         now = time.monotonic()
         for address, ws in elected.items():
             record = self.proxies.get(address)
             if record is None:
-                record = self.proxies[address] = {"host": ws.host, "status": ProxyStatus.STARTING, "message": "", "retry_at": 0.0}
-            if record["status"] == ProxyStatus.STARTING and not record.get("pending"):
-                record["pending"] = True
-                self.controller.reconciler.spawn(self._start(address, record))
-            elif record["status"] == ProxyStatus.UNHEALTHY and now >= record["retry_at"] and not record.get("pending"):
+                record = self.proxies[address] = {"host": ws.host, "status": ProxyStatus.STARTING, "message": "",
+                                                  "retry_at": 0.0, "check_at": 0.0, "failures": 0,
+                                                  "grpc_status": None, "grpc_message": ""}
+            if record.get("pending"):
+                continue
+            if record["status"] == ProxyStatus.UNHEALTHY and now >= record["retry_at"]:
                 record["status"] = ProxyStatus.STARTING
-                record["pending"] = True
-                self.controller.reconciler.spawn(self._start(address, record))
+            if record["status"] == ProxyStatus.STARTING:
+                self._spawn(record, self._start(address, record))
+            elif record["status"] == ProxyStatus.HEALTHY and now >= record["check_at"]:
+                self._spawn(record, self._check(address, record))
 
     async def _start(self, address: str, record: Dict[str, Any]) -> None:
         try:
@@ -91,27 +128,62 @@ class ProxyManager:
             result = {"error": f"could not reach worker {address}: {exc!r}"}
         record["pending"] = False
         if result and result.get("ok"):
-            record["status"] = ProxyStatus.HEALTHY
-            record["message"] = ""
-            record["port"] = result.get("port")
-            record["grpc_port"] = result.get("grpc_port")
+            record.update(status=ProxyStatus.HEALTHY, message="", port=result.get("port"), failures=0,
+                          check_at=time.monotonic() + PROXY_HEALTH_CHECK_PERIOD_S)
+            self._grpc_state(address, record, result)
         else:
             record["status"] = ProxyStatus.UNHEALTHY
             record["message"] = (result or {}).get("error", "unknown error")
             record["retry_at"] = time.monotonic() + PROXY_RETRY_AFTER_S
             logger.warning("dserve proxy on %s: %s", address, record["message"])
 
-    async def stop_all(self) -> None:
-        for address in list(self.proxies):
-            try:
-                await self.controller.scheduler.rpc(address).dserve_proxy_stop()
-            except Exception as exc:  # noqa: BLE001 - the worker may be gone
-                logger.info("dserve: stopping the proxy on %s failed: %r", address, exc)
-        self.proxies.clear()
+    def _grpc_state(self, address: str, record: Dict[str, Any], result: Dict[str, Any]) -> None:
+        error = result.get("grpc_error")
+        if not self.grpc_options.grpc_servicer_functions:
+            status = None
+        else:
+            status = ProxyStatus.UNHEALTHY if error else ProxyStatus.HEALTHY
+        if error and record.get("grpc_message") != error:
+            logger.warning("dserve gRPC proxy on %s: %s", address, error)
+        record.update(grpc_status=status, grpc_message=error or "", grpc_port=result.get("grpc_port"))
+
+    async def _check(self, address: str, record: Dict[str, Any]) -> None:
+        """Is the proxy's HTTP server still running? Restart it at once if not."""
+        try:
+            result = await asyncio.wait_for(self.controller.scheduler.rpc(address).dserve_proxy_check(),
+                                            PROXY_HEALTH_CHECK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - counted; the worker may be busy or leaving
+            result = {"ok": False, "unanswered": True,
+                      "error": f"the proxy on {address} did not answer its health check: {exc!r}"}
+        record["pending"] = False
+        record["check_at"] = time.monotonic() + PROXY_HEALTH_CHECK_PERIOD_S
+        if self.proxies.get(address) is not record or record["status"] != ProxyStatus.HEALTHY:
+            return
+        if result.get("ok"):
+            record["failures"] = 0
+            self._grpc_state(address, record, result)
+            return
+        if result.get("unanswered"):
+            record["failures"] += 1
+            if record["failures"] < HEALTH_CHECK_FAILURE_THRESHOLD:
+                return
+        record.update(status=ProxyStatus.UNHEALTHY, message=result.get("error") or "unknown error", retry_at=0.0)
+        logger.warning("dserve proxy on %s is unhealthy (%s); restarting it", address, record["message"])
+        self.controller.reconciler.wake()
+
+    async def _stop(self, address: str, pending: Optional[asyncio.Task] = None) -> None:
+        if pending is not None and not pending.done():
+            await asyncio.wait([pending])  # its start first, or that start would leave a proxy running
+        try:
+            await self.controller.scheduler.rpc(address).dserve_proxy_stop()
+        except Exception as exc:  # noqa: BLE001 - the worker may be gone
+            logger.info("dserve: stopping the proxy on %s failed: %r", address, exc)
 
     def status(self) -> Dict[str, Dict[str, Any]]:
         return {
             rec["host"]: {"status": rec["status"].value, "message": rec["message"], "worker": address,
-                          "port": rec.get("port"), "grpc_port": rec.get("grpc_port")}
+                          "port": rec.get("port"), "grpc_port": rec.get("grpc_port"),
+                          "grpc_status": rec["grpc_status"].value if rec["grpc_status"] else None,
+                          "grpc_message": rec["grpc_message"]}
             for address, rec in self.proxies.items()
         }

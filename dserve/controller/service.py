@@ -68,15 +68,16 @@ class ControllerService:
         await self._ensure_serving()
         controller = self.controller
         if {"http_options", "proxy_location", "grpc_options"} & set(options):
-            merged = {**controller.options, **options}
-            for key in ("http_options", "grpc_options"):  # fields not given keep their current values
-                if key in options:
-                    merged[key] = {**controller.options.get(key, {}), **options[key]}
-            settings = proxy_settings(merged)
-            if settings != controller.proxies.settings:
-                await controller.proxies.reconfigure(*settings)
-            controller.options.clear()
-            controller.options.update(merged)
+            async with controller.proxies.lock:  # concurrent starts apply one after the other, whole
+                merged = {**controller.options, **options}
+                for key in ("http_options", "grpc_options"):  # fields not given keep their current values
+                    if key in options:
+                        merged[key] = {**controller.options.get(key, {}), **options[key]}
+                settings = proxy_settings(merged)
+                if settings != controller.proxies.settings:
+                    await controller.proxies.apply(*settings)
+                controller.options.clear()
+                controller.options.update(merged)
         controller.reconciler.step()
         deadline = time.monotonic() + (PROXY_START_WAIT_S if wait else 0)
         while time.monotonic() < deadline and controller.proxies.starting:

@@ -5,7 +5,11 @@ Longest ``route_prefix`` match across applications; ``/-/routes`` and
 scope and body over the data plane's streaming path, and the replica's ASGI
 messages come back as they are produced (so streamed responses are not
 buffered). Overload answers 503, ``request_timeout_s`` 408, a replica lost
-mid-request 500; a client disconnect cancels the request in the replica.
+mid-request 500; a client disconnect cancels the request in the replica. The
+size and time limits on receiving a request are the protocol's
+(``uvicorn_server.GuardedHttpToolsProtocol``), applied before the request gets
+here. ``/-/healthz`` answers 503 until the first route table has arrived, while
+draining, and when the proxy has lost its connection to dserve.
 """
 from __future__ import annotations
 
@@ -28,11 +32,6 @@ __all__ = ["HTTPProxy"]
 
 logger = logging.getLogger("dserve.proxy")
 
-MAX_HEADER_BYTES = 64 * 1024
-
-
-class _HeadersTooLarge(Exception):
-    pass
 _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
                "headers", "client", "server", "subprotocols")
 
@@ -56,9 +55,21 @@ class HTTPProxy:
         self.root_path = root_path.rstrip("/")
         self.request_timeout_s = request_timeout_s
         self.routes: List[Tuple[str, str, str]] = []  # (prefix, app, ingress), longest prefix first
+        self.routes_populated = False
         self.draining = False
 
+    def readiness(self) -> Optional[str]:
+        """Why this proxy should not get traffic now (None: ready)."""
+        if self.draining:
+            return "This node is being drained."
+        if self.runtime.closed:
+            return "This proxy has lost its connection to dserve."
+        if not self.routes_populated:
+            return "Route table is not populated yet."
+        return None
+
     def update_routes(self, snapshot: RouteTable) -> None:
+        self.routes_populated = True
         table = snapshot.get("routes", {})
         self.routes = sorted(
             ((prefix, v["app"], v["ingress"]) for prefix, v in table.items()),
@@ -87,10 +98,8 @@ class HTTPProxy:
                 await send({"type": "http.response.body", "body": body})
                 return
             if path == "/-/healthz":
-                if self.draining:
-                    await _send_plain(send, 503, "This node is being drained.")
-                else:
-                    await _send_plain(send, 200, "success")
+                reason = self.readiness()
+                await _send_plain(send, 503 if reason else 200, reason or "success")
                 return
         route = self.match(path)
         if route is None:
@@ -106,15 +115,11 @@ class HTTPProxy:
 
     def request_context(self, scope: Scope, route: Tuple[str, str, str]) -> RequestContext:
         request_id = model_id = ""
-        size = 0
         for name, value in scope["headers"]:
-            size += len(name) + len(value)
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
             elif name == b"serve_multiplexed_model_id":
                 model_id = value.decode("latin-1")
-        if size > MAX_HEADER_BYTES:
-            raise _HeadersTooLarge(size)
         return RequestContext(request_id or new_request_id(), route[0], route[1], model_id)
 
     def forwarded_scope(self, scope: Scope, route: Tuple[str, str, str]) -> Scope:
@@ -133,11 +138,7 @@ class HTTPProxy:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-        try:
-            ctx = self.request_context(scope, route)
-        except _HeadersTooLarge as exc:
-            await _send_plain(send, 431, f"Request headers are {exc.args[0]} bytes; the limit is {MAX_HEADER_BYTES}.")
-            return
+        ctx = self.request_context(scope, route)
         rid_header = (b"x-request-id", ctx.request_id.encode())
         state = {"started": False, "disconnected": False}
         task = asyncio.current_task()

@@ -1,7 +1,13 @@
 """One proxy: its HTTP ASGI app served by uvicorn on the worker's own event loop,
 and the gRPC proxy beside it when servicer functions are configured; and the
-worker plugin through which the controller starts and stops it
-(``dserve_proxy_start``/``dserve_proxy_stop`` worker handlers).
+worker plugin through which the controller starts, checks and stops it
+(``dserve_proxy_start``/``dserve_proxy_check``/``dserve_proxy_stop`` worker
+handlers).
+
+HTTP and gRPC are independent: a gRPC proxy that cannot start (a servicer
+function that does not import, its port taken) is reported as ``grpc_error``
+while HTTP serves. HTTP's limits (``HTTPOptions``) are enforced by
+``uvicorn_server.GuardedHttpToolsProtocol``.
 
 Not in a thread: a thread with its own loop halves throughput through GIL
 ping-pong with the worker loop (see ``uvicorn_server`` for the socket and
@@ -10,6 +16,8 @@ signal details).
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from typing import Any, Dict, Optional
 
 from distributed.comm import get_address_host
@@ -19,7 +27,7 @@ from ..config import HTTPOptions, gRPCOptions
 from ..metrics import enabled as metrics_enabled
 from ..runtime import get_runtime
 from ..types import ASGIApp, RouteTable
-from ..uvicorn_server import EmbeddedServer, config
+from ..uvicorn_server import ConnectionLimits, EmbeddedServer, GuardedHttpToolsProtocol, config, fd_bounded
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
@@ -28,6 +36,19 @@ from .proxy_metrics import HTTPMetrics
 __all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME"]
 
 PROXY_PLUGIN_NAME = "dserve-proxy"
+
+logger = logging.getLogger("dserve.proxy")
+
+
+def connection_limits(o: HTTPOptions) -> ConnectionLimits:
+    """The protocol's limits from the proxy's options (connections bounded by the open-file limit)."""
+    cap = fd_bounded(o.max_connections)
+    if cap != o.max_connections:
+        logger.warning("dserve proxy: max_connections %s lowered to %s by this process's open-file limit",
+                       o.max_connections, cap)
+    return ConnectionLimits(max_header_bytes=o.max_request_header_bytes, max_body_bytes=o.max_request_body_bytes,
+                            header_timeout_s=o.request_header_timeout_s, body_timeout_s=o.request_body_timeout_s,
+                            max_connections=cap)
 
 
 class ProxyServer:
@@ -42,8 +63,11 @@ class ProxyServer:
         self.grpc: Optional[GRPCProxy] = None
         self.port = options.port
         self.grpc_port: Optional[int] = None
+        self.grpc_error: Optional[str] = None
+        self._last_routes: RouteTable = {}
 
     def _on_routes(self, snapshot: RouteTable) -> None:
+        self._last_routes = snapshot
         self.app.update_routes(snapshot)
         if self.grpc is not None:
             self.grpc.update_routes(snapshot)
@@ -60,25 +84,40 @@ class ProxyServer:
         return HTTPMetrics(self.app, self.app.match, self.options.root_path, host, get_address_host(host) if host else "")
 
     async def start(self) -> None:
+        """Start HTTP (its failure raises), then gRPC (its failure is kept in ``grpc_error``)."""
         o = self.options
+        protocol = functools.partial(GuardedHttpToolsProtocol, limits=connection_limits(o))
         self.server = EmbeddedServer(config(
-            self._served_app(), ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
+            self._served_app(), http=protocol, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
             ssl_keyfile=o.ssl_keyfile, ssl_certfile=o.ssl_certfile,
             ssl_keyfile_password=o.ssl_keyfile_password, ssl_ca_certs=o.ssl_ca_certs,
         ))
+        await self.server.start_serving(o.host, o.port)
+        self.port = self.server.port
+        self.runtime.watch(ROUTES_KEY, self._on_routes)
         g = self.grpc_options
         if g.grpc_servicer_functions:  # the gRPC proxy starts only when servicers are given
-            self.grpc = GRPCProxy(self.runtime, g.grpc_servicer_functions, g.request_timeout_s)
-            await self.grpc.start(o.host, g.port)
-            self.grpc_port = self.grpc.port
-        self.runtime.watch(ROUTES_KEY, self._on_routes)
-        try:
-            await self.server.start_serving(o.host, o.port)
-        except BaseException:
-            if self.grpc is not None:
-                await self.grpc.stop(0)
-            raise
-        self.port = self.server.port
+            grpc = GRPCProxy(self.runtime, g.grpc_servicer_functions, g.request_timeout_s)
+            try:
+                await grpc.start(o.host, g.port)
+            except Exception as exc:  # noqa: BLE001 - reported as the gRPC proxy's status
+                self.grpc_error = f"gRPC proxy could not start: {exc!r}"
+                logger.warning("dserve: %s (HTTP serves on port %s)", self.grpc_error, self.port)
+                return
+            self.grpc, self.grpc_port = grpc, grpc.port
+            self.grpc.update_routes(self._last_routes)
+
+    def check(self) -> Dict[str, Any]:
+        """HTTP's state (is its server task still running?) and gRPC's."""
+        task = self.task
+        error = None
+        if task is None:
+            error = "the HTTP server was never started"
+        elif task.done():
+            exc = None if task.cancelled() else task.exception()
+            error = f"the HTTP server stopped: {exc!r}" if exc is not None else "the HTTP server stopped"
+        return {"ok": error is None, "error": error, "port": self.port, "grpc_port": self.grpc_port,
+                "grpc_error": self.grpc_error}
 
     async def stop(self, timeout: float = 5.0) -> None:
         self.runtime.unwatch(ROUTES_KEY)
@@ -91,21 +130,23 @@ class ProxyServer:
 
 
 class ProxyWorkerPlugin(WorkerPlugin):
-    """Lets the controller start and stop this worker's proxy (at most one; starts
-    and stops never overlap)."""
+    """Lets the controller start, check and stop this worker's proxy (at most one;
+    starts and stops never overlap)."""
 
     name = PROXY_PLUGIN_NAME
     idempotent = True
+    HANDLERS = ("dserve_proxy_start", "dserve_proxy_check", "dserve_proxy_stop")
 
     def setup(self, worker: Any) -> None:
         self.worker = worker
         self.proxy: Optional[ProxyServer] = None
         self.lock = asyncio.Lock()
         worker.handlers["dserve_proxy_start"] = self.start
+        worker.handlers["dserve_proxy_check"] = self.check
         worker.handlers["dserve_proxy_stop"] = self.stop
 
     async def teardown(self, worker: Any) -> None:
-        for name in ("dserve_proxy_start", "dserve_proxy_stop"):
+        for name in self.HANDLERS:
             worker.handlers.pop(name, None)
         await self.stop()
 
@@ -115,8 +156,8 @@ class ProxyWorkerPlugin(WorkerPlugin):
             http, grpc = HTTPOptions(**options), gRPCOptions(**(grpc_options or {}))
             if self.proxy is not None:
                 same = self.proxy.options == http and self.proxy.grpc_options == grpc
-                if same and not self.proxy.task.done():
-                    return {"ok": True, "port": self.proxy.port, "grpc_port": self.proxy.grpc_port}
+                if same and self.proxy.check()["ok"]:
+                    return self.proxy.check()
                 await self._stop()
             proxy = ProxyServer(http, grpc)
             try:
@@ -126,7 +167,14 @@ class ProxyWorkerPlugin(WorkerPlugin):
             except Exception as exc:  # noqa: BLE001 - reported in the proxy's status
                 return {"error": f"HTTP proxy could not start on {self.worker.address}: {exc!r}"}
             self.proxy = proxy
-            return {"ok": True, "port": proxy.port, "grpc_port": proxy.grpc_port}
+            return proxy.check()
+
+    async def check(self) -> Dict[str, Any]:
+        """The controller's health check: is the proxy's HTTP server still running?"""
+        proxy = self.proxy
+        if proxy is None:
+            return {"ok": False, "error": f"no proxy is running on {self.worker.address}"}
+        return proxy.check()
 
     async def stop(self) -> Dict[str, Any]:
         async with self.lock:

@@ -5,7 +5,7 @@ import os
 from typing import TYPE_CHECKING, Any, Dict
 
 from ..config import DEFAULT_GRPC_PORT
-from ..schema import MULTI_APP, ServeInstanceDetails, ServeStatusSchema
+from ..schema import MULTI_APP, HTTPOptionsSchema, ServeInstanceDetails, ServeStatusSchema
 
 if TYPE_CHECKING:
     from ..controller.application_state import ApplicationState
@@ -84,7 +84,7 @@ def instance_details(controller: "Controller") -> Dict[str, Any]:
                             "log_file_path": None},
         "proxy_location": controller.proxies.location.value,
         "http_options": controller.proxies.http_options.model_dump(
-            include={"host", "port", "root_path", "request_timeout_s", "keep_alive_timeout_s"}),
+            include=set(HTTPOptionsSchema.model_fields)),
         "grpc_options": controller.options.get("grpc_options", {"port": DEFAULT_GRPC_PORT, "grpc_servicer_functions": []}),
         "proxies": proxies,
         "deploy_mode": controller.store.deploy_mode or MULTI_APP,
