@@ -38,6 +38,7 @@ DEFAULT_REST_PORT = 52365  # the REST admin API on the scheduler (Ray's dashboar
 REST_MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger REST request body is a 413
 CONNECT_TIMEOUT_S = 5.0  # a caller's first connection to a replica worker (Dask retries within it)
 RECONNECT_TIMEOUT_S = 0.5  # ... and after a connection to it dropped (the worker is most likely gone)
+STREAM_WINDOW = 16  # stream items a replica may send beyond what its caller consumed
 LONG_POLL_TIMEOUT_S = 20.0  # a router's long poll returns at least this often
 METRICS_PUSH_PERIOD_S = 0.5  # replicas and routers report load this often
 RECONCILE_TICK_S = 0.5  # the controller reconciles at least this often

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Tuple, Union
 from .context import RequestContext, get_request_context, new_request_id
 from .event_loop import in_loop_thread
 from .exceptions import RequestCancelledError
+from .config import STREAM_WINDOW
 from .runtime import get_runtime
 
 __all__ = [
@@ -171,13 +172,23 @@ class _Done(Exception):
 async def _pump(stream: AsyncIterator[Any], queue: "asyncio.Queue") -> None:
     try:
         async for item in stream:
-            queue.put_nowait(("item", item))
+            await queue.put(("item", item))
     except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
-        queue.put_nowait(("error", exc))
+        _put_last(queue, ("error", exc))
         if isinstance(exc, asyncio.CancelledError):
             raise
     else:
-        queue.put_nowait(("done", None))
+        await queue.put(("done", None))
+
+
+def _put_last(queue: "asyncio.Queue", item: Any) -> None:
+    """Put a stream's final marker now, even into a full queue (it ends the stream: an item
+    the reader has not taken yet is dropped for it)."""
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        queue.get_nowait()
+        queue.put_nowait(item)
 
 
 class DeploymentHandle:
@@ -261,7 +272,7 @@ class DeploymentHandle:
         ctx = self._context()
         app, dep, method = self._app_name, self._deployment_name, self._method_name
         if self._stream:
-            queue: asyncio.Queue = asyncio.Queue()
+            queue: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)  # bounded: a slow reader pauses the stream
 
             async def stream_call() -> None:
                 a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)

@@ -1,4 +1,4 @@
-"""The data plane's wire format, in one place: message keys, method names, framing.
+"""The data plane's wire format, in one place: message keys, method names, framing, flow control.
 
 Callers keep one connection per replica worker and multiplex every request over
 it (``routing.transport``). Each write is one msgpack-encoded list of small
@@ -10,6 +10,12 @@ caller -> worker                                       worker -> caller
   {..., KIND: WEBSOCKET}                 WebSocket open   {ID, DONE: 1}                end (may ride on the last ITEM)
   {ID, EVENT: asgi message}              client event     {ID, ERROR: packed exc}      user or replica error
   {ID, CANCEL: 1}                        cancel call ID   {ID, GONE: reason}           replica not here: retry elsewhere
+  {ID, CREDIT: n}                        n more items
+
+Streams are flow controlled: the worker sends at most ``STREAM_WINDOW`` items of
+a stream (or WebSocket session) beyond what the caller has consumed; the caller
+returns credit (``CREDIT``) as it consumes, so a slow reader slows the producer
+in the replica instead of growing queues anywhere in between.
 
 Each key has exactly one meaning. The special method names ``HTTP_METHOD`` and
 ``GRPC_METHOD`` carry a proxied HTTP request (scope, body) or gRPC call (method,
@@ -19,16 +25,17 @@ route table the proxies follow.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from typing import Any, List
+from typing import Any, List, Optional
 
 import msgpack
 
 __all__ = [
     "MUX_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY",
     "ID", "KEY", "METHOD", "PAYLOAD", "CONTEXT", "KIND", "STREAM", "WEBSOCKET", "EVENT", "CANCEL",
-    "RESULT", "ITEM", "DONE", "ERROR", "GONE",
-    "decode", "LastItem", "Coalescer",
+    "RESULT", "ITEM", "DONE", "ERROR", "GONE", "CREDIT",
+    "decode", "LastItem", "Coalescer", "Inbox", "Credit",
 ]
 
 logger = logging.getLogger("dserve.wire")
@@ -49,6 +56,7 @@ STREAM = 1
 WEBSOCKET = 2
 EVENT = "w"
 CANCEL = "x"
+CREDIT = "n"
 # worker -> caller
 RESULT = "r"
 ITEM = "c"
@@ -72,6 +80,56 @@ class LastItem:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+class Inbox:
+    """A minimal single-consumer queue of one call's replies (cheaper than ``asyncio.Queue``)."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: collections.deque = collections.deque()
+        self.waiter: Optional[asyncio.Future] = None
+
+    def put_nowait(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
+
+
+class Credit:
+    """How many more items a stream may send (worker end of the flow control)."""
+
+    __slots__ = ("available", "waiter")
+
+    def __init__(self, available: int) -> None:
+        self.available = available
+        self.waiter: Optional[asyncio.Future] = None
+
+    def grant(self, n: int) -> None:
+        self.available += n
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> None:
+        while self.available <= 0:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self.available -= 1
 
 
 class Coalescer:

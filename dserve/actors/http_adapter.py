@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Callable, List, Optional
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from ..config import STREAM_WINDOW
 from ..serialization import user_traceback
 from ..types import ASGIApp, Message, Receive, Scope
 from ..wire import LastItem
@@ -102,6 +103,8 @@ async def serve_http(
     """Run one request; yield lists of ASGI messages as they become available."""
     messages: List[dict] = []
     wake: List[asyncio.Event] = []  # set up only for streaming responses
+    drained = asyncio.Event()  # the reader took the pending messages (flow control)
+    drained.set()
     body_sent = False
 
     async def receive() -> dict:
@@ -116,6 +119,9 @@ async def serve_http(
         messages.append(message)
         if wake:
             wake[0].set()
+            if len(messages) >= STREAM_WINDOW:  # the reader is behind: the app waits for it
+                drained.clear()
+                await drained.wait()
 
     response = None
     if asgi_app is None:
@@ -141,6 +147,7 @@ async def serve_http(
             event.clear()
             if messages:
                 batch, messages = messages, []
+                drained.set()
                 yield batch
             if task.done():
                 if messages:
@@ -159,17 +166,18 @@ async def serve_websocket(asgi_app: Optional[ASGIApp], scope: Scope, receive: Re
     if asgi_app is None:  # only ASGI ingress deployments speak WebSocket
         yield {"type": "websocket.close", "code": 1003, "reason": "this deployment does not accept WebSockets"}
         return
-    outbound: asyncio.Queue = asyncio.Queue()
+    outbound: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)  # bounded: a slow client pauses the app
     end = object()
-
-    async def send(message: dict) -> None:
-        outbound.put_nowait(message)
 
     async def run() -> None:
         try:
-            await asgi_app(scope, receive, send)
+            await asgi_app(scope, receive, outbound.put)
         finally:
-            outbound.put_nowait(end)
+            try:
+                outbound.put_nowait(end)
+            except asyncio.QueueFull:  # the session is over: make room for the end marker
+                outbound.get_nowait()
+                outbound.put_nowait(end)
 
     task = asyncio.ensure_future(run())
     try:

@@ -22,6 +22,7 @@ import grpc
 
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
+from ..config import STREAM_WINDOW
 from ..metrics import enabled
 from ..wire import GRPC_METHOD
 from .proxy_metrics import ProtocolMetrics
@@ -69,6 +70,15 @@ def _encode_string_field(value: str) -> bytes:
         if not length:
             break
     return b"\x0a" + bytes(varint) + data  # field 1, wire type 2
+
+
+def _put_last(queue: asyncio.Queue, item: Any) -> None:
+    """The end marker goes in even when the queue is full (the stream is over)."""
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        queue.get_nowait()
+        queue.put_nowait(item)
 
 
 class GRPCProxy:
@@ -247,14 +257,14 @@ class GRPCProxy:
 
     def _stream(self, name: str) -> Any:
         async def behaviour(request: Any, context: Any) -> Any:
-            queue: asyncio.Queue = asyncio.Queue()
+            queue: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)  # bounded: a slow reader pauses the stream
             end = object()
 
             async def produce() -> None:
                 try:
                     await self._run(name, request, context, queue.put)
                 finally:
-                    queue.put_nowait(end)
+                    _put_last(queue, end)
 
             task = asyncio.ensure_future(produce())
             try:

@@ -16,20 +16,19 @@ router can try another; a connection lost with calls in flight fails them with
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple, Union
 
 from distributed.comm import connect
 
-from ..config import CONNECT_TIMEOUT_S, RECONNECT_TIMEOUT_S
+from ..config import CONNECT_TIMEOUT_S, RECONNECT_TIMEOUT_S, STREAM_WINDOW
 from ..exceptions import ActorDiedError, RequestCancelledError
 from ..serialization import dumps, loads, pack_exception, unpack_exception
 from ..types import Message, Scope, WireContext, WireMessage
 from ..wire import (
-    CANCEL, CONTEXT, DONE, ERROR, EVENT, GONE, ID, ITEM, KEY, KIND, METHOD, MUX_OP, PAYLOAD, RESULT, STREAM,
-    WEBSOCKET, Coalescer, LastItem, decode,
+    CANCEL, CONTEXT, CREDIT, DONE, ERROR, EVENT, GONE, ID, ITEM, KEY, KIND, METHOD, MUX_OP, PAYLOAD, RESULT, STREAM,
+    WEBSOCKET, Coalescer, Credit, Inbox, LastItem, decode,
 )
 
 __all__ = ["Undelivered", "MuxConnection", "InProcessChannel", "serve_mux"]
@@ -41,31 +40,6 @@ Push = Callable[[dict], None]
 
 class Undelivered(Exception):
     """The call never reached the replica (unreachable worker, replica gone): retry elsewhere."""
-
-
-class _Inbox:
-    """A minimal single-consumer queue (cheaper than ``asyncio.Queue`` per call)."""
-
-    __slots__ = ("items", "waiter")
-
-    def __init__(self) -> None:
-        self.items: collections.deque = collections.deque()
-        self.waiter: Optional[asyncio.Future] = None
-
-    def put_nowait(self, item: Any) -> None:
-        self.items.append(item)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self.items:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        return self.items.popleft()
 
 
 class _Lost:
@@ -85,7 +59,7 @@ class MuxConnection:
         self.address = address
         self.connection_args = connection_args or {}
         self._ids = itertools.count()
-        self._pending: Dict[int, Union[asyncio.Future, _Inbox]] = {}
+        self._pending: Dict[int, Union[asyncio.Future, Inbox]] = {}
         self._out: Optional[Coalescer] = None
         self._connecting: Optional[asyncio.Future] = None
         self._reader: Optional[asyncio.Task] = None
@@ -126,7 +100,7 @@ class MuxConnection:
                     target = pending.get(msg[ID])
                     if target is None:
                         continue
-                    if type(target) is _Inbox:
+                    if type(target) is Inbox:
                         if ITEM not in msg or DONE in msg:  # the stream's last message
                             del pending[msg[ID]]
                         target.put_nowait(msg)
@@ -145,12 +119,12 @@ class MuxConnection:
                 self._out = None
             pending, self._pending = self._pending, {}
             for target in pending.values():
-                if type(target) is _Inbox:
+                if type(target) is Inbox:
                     target.put_nowait(_Lost(error))
                 elif not target.done():
                     target.set_exception(error)
 
-    async def _send(self, msg: WireMessage, target: Union[asyncio.Future, _Inbox]) -> int:
+    async def _send(self, msg: WireMessage, target: Union[asyncio.Future, Inbox]) -> int:
         out = await self._ensure()
         i = msg[ID] = next(self._ids)
         self._pending[i] = target
@@ -176,7 +150,7 @@ class MuxConnection:
         self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext, copy: bool
     ) -> AsyncIterator[Any]:
         """Open a streaming call; returns its items once the first message shows it started."""
-        inbox = _Inbox()
+        inbox = Inbox()
         msg = {KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx, KIND: STREAM}
         i = await self._send(msg, inbox)
         try:
@@ -190,12 +164,13 @@ class MuxConnection:
 
     async def websocket(self, key: str, scope: Scope, ctx: WireContext) -> Tuple[AsyncIterator[Message], Push]:
         """Open a WebSocket session: the app's messages, and a function that pushes client events."""
-        inbox = _Inbox()
+        inbox = Inbox()
         i = await self._send({KEY: key, METHOD: "", PAYLOAD: dumps(scope), CONTEXT: ctx, KIND: WEBSOCKET}, inbox)
         return self._items(i, inbox, None, ctx.get("rid", "")), lambda event: self._push(i, event)
 
-    async def _items(self, i: int, inbox: _Inbox, msg: Any, request_id: str) -> AsyncIterator[Any]:
+    async def _items(self, i: int, inbox: Inbox, msg: Any, request_id: str) -> AsyncIterator[Any]:
         finished = False
+        consumed = 0  # items taken since credit was last returned
         try:
             while True:
                 if msg is None:
@@ -207,6 +182,10 @@ class MuxConnection:
                     yield loads(msg[ITEM])
                     if DONE not in msg:
                         msg = None
+                        consumed += 1
+                        if consumed >= STREAM_WINDOW // 2 and self._out is not None:
+                            self._out.send({ID: i, CREDIT: consumed})
+                            consumed = 0
                         continue
                 finished = True
                 if DONE in msg:
@@ -289,10 +268,16 @@ async def serve_mux(comm: Any, actors: Dict[str, Any]) -> None:
     out = Coalescer(comm)
     tasks: Dict[int, asyncio.Task] = {}
     inboxes: Dict[int, asyncio.Queue] = {}  # WebSocket sessions: client events
+    credits: Dict[int, Credit] = {}  # streams and sessions: what they may still send
     try:
         while True:
             for msg in decode(await comm.read()):
                 i = msg[ID]
+                if CREDIT in msg:
+                    credit = credits.get(i)
+                    if credit is not None:
+                        credit.grant(msg[CREDIT])
+                    continue
                 if EVENT in msg:
                     inbox = inboxes.get(i)
                     if inbox is not None:
@@ -310,10 +295,15 @@ async def serve_mux(comm: Any, actors: Dict[str, Any]) -> None:
                 kind = msg.get(KIND)
                 if kind == WEBSOCKET:
                     inboxes[i] = inbox = asyncio.Queue()
-                    task = asyncio.ensure_future(_serve_websocket(replica, msg, inbox, out))
-                    task.add_done_callback(lambda _t, i=i: inboxes.pop(i, None))
+                    credits[i] = credit = Credit(STREAM_WINDOW)
+                    task = asyncio.ensure_future(_serve_websocket(replica, msg, inbox, out, credit))
+                    task.add_done_callback(lambda _t, i=i: (inboxes.pop(i, None), credits.pop(i, None)))
+                elif kind == STREAM:
+                    credits[i] = credit = Credit(STREAM_WINDOW)
+                    task = asyncio.ensure_future(_serve_stream(replica, msg, out, credit))
+                    task.add_done_callback(lambda _t, i=i: credits.pop(i, None))
                 else:
-                    task = asyncio.ensure_future((_serve_stream if kind == STREAM else _serve_unary)(replica, msg, out))
+                    task = asyncio.ensure_future(_serve_unary(replica, msg, out))
                 tasks[i] = task
                 task.add_done_callback(lambda _t, i=i: tasks.pop(i, None))
     except Exception as exc:  # noqa: BLE001 - the caller went away (or sent garbage)
@@ -337,7 +327,7 @@ async def _serve_unary(replica: Any, msg: WireMessage, out: Coalescer) -> None:
         out.send({ID: i, ERROR: pack_exception(exc)})
 
 
-async def _serve_stream(replica: Any, msg: WireMessage, out: Coalescer) -> None:
+async def _serve_stream(replica: Any, msg: WireMessage, out: Coalescer, credit: Credit) -> None:
     i = msg[ID]
     items = None
     try:
@@ -347,6 +337,7 @@ async def _serve_stream(replica: Any, msg: WireMessage, out: Coalescer) -> None:
             if type(item) is LastItem:  # the generator knows it is done: one message
                 out.send({ID: i, ITEM: dumps(item.value), DONE: 1})
                 return
+            await credit.take()  # a slow reader pauses the generator here
             out.send({ID: i, ITEM: dumps(item)})
         out.send({ID: i, DONE: 1})
     except asyncio.CancelledError:
@@ -359,12 +350,14 @@ async def _serve_stream(replica: Any, msg: WireMessage, out: Coalescer) -> None:
             await items.aclose()
 
 
-async def _serve_websocket(replica: Any, msg: WireMessage, inbox: asyncio.Queue, out: Coalescer) -> None:
+async def _serve_websocket(replica: Any, msg: WireMessage, inbox: asyncio.Queue, out: Coalescer,
+                           credit: Credit) -> None:
     i = msg[ID]
     items = None
     try:
         items = replica.websocket(loads(msg[PAYLOAD]), inbox.get, msg.get(CONTEXT))
         async for message in items:
+            await credit.take()
             out.send({ID: i, ITEM: dumps(message)})
         out.send({ID: i, DONE: 1})
     except asyncio.CancelledError:
