@@ -219,11 +219,8 @@ def get_app_handle(name: str) -> DeploymentHandle:
     runtime = get_runtime()
     if not runtime.scheduler_address:  # local testing mode
         return DeploymentHandle(local_ingress(runtime, name), name)
-    if in_loop_thread(runtime.loop):
-        raise RayServeException(
-            "serve.get_app_handle() blocks; in async replica code use "
-            "serve.get_deployment_handle(deployment_name, app_name)"
-        )
+    if in_loop_thread(runtime.loop):  # async replica code: never block; resolved on the first call
+        return DeploymentHandle("", name)
     info = _sync(runtime, runtime.rpc("dserve_app_info", name=name))
     if info is None:
         raise RayServeException(f"Application '{name}' does not exist.")

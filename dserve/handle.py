@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Tuple, Union
 
 from .context import RequestContext, get_request_context, new_request_id
 from .event_loop import in_loop_thread
-from .exceptions import RequestCancelledError
+from .exceptions import RayServeException, RequestCancelledError
 from .config import STREAM_WINDOW
 from .runtime import get_runtime
 
@@ -276,16 +276,27 @@ class DeploymentHandle:
 
             async def stream_call() -> None:
                 a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
-                await _pump(runtime.router(app, dep).stream(method, a, k, ctx), queue)
+                target = dep or await self._ingress(runtime)
+                await _pump(runtime.router(app, target).stream(method, a, k, ctx), queue)
 
             task = _submit(stream_call(), loop)
             return DeploymentResponseGenerator(queue, task, loop, ctx.request_id)
 
         async def call() -> Any:
             a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
-            return await runtime.router(app, dep).call(method, a, k, ctx)
+            return await runtime.router(app, dep or await self._ingress(runtime)).call(method, a, k, ctx)
 
         return DeploymentResponse(_submit(call(), loop), ctx.request_id)
+
+
+    async def _ingress(self, runtime: Any) -> str:
+        """An application handle made on an event loop (``get_app_handle`` inside a replica)
+        learns its ingress deployment on its first call."""
+        info = await runtime.rpc("dserve_app_info", name=self._app_name)
+        if info is None:
+            raise RayServeException(f"Application '{self._app_name}' does not exist.")
+        self._deployment_name = info["ingress"]
+        return self._deployment_name
 
 
 def _has_responses(args: tuple, kwargs: dict) -> bool:

@@ -134,3 +134,25 @@ def test_remote_tracebacks_show_the_users_file_and_line_without_dserve_frames(se
         assert "dserve/actors" not in text and "dserve/routing" not in text
     finally:
         serve.delete("broken")
+
+
+@serve.deployment
+class Caller:
+    async def __call__(self, x: int) -> int:
+        other = serve.get_app_handle("echo_target")  # in async replica code: must not block or raise
+        return await other.remote(x)
+
+
+@serve.deployment
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def test_get_app_handle_works_in_async_replica_code(serve_instance):
+    serve.run(add_one.bind(), name="echo_target", route_prefix=None)
+    caller = serve.run(Caller.bind(), name="caller", route_prefix=None)
+    try:
+        assert caller.remote(41).result(timeout_s=30) == 42
+    finally:
+        serve.delete("caller")
+        serve.delete("echo_target")
