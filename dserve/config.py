@@ -246,7 +246,7 @@ class DeploymentConfig(_Strict):
         if self.autoscaling_config is not None:
             ac = self.autoscaling_config
             return ac.initial_replicas if ac.initial_replicas is not None else ac.min_replicas
-        return int(self.num_replicas or 0)
+        return 1 if self.num_replicas is None else int(self.num_replicas)  # None means Ray's default, 1
 
 
 class HTTPOptions(_Strict):

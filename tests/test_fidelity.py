@@ -156,3 +156,12 @@ def test_get_app_handle_works_in_async_replica_code(serve_instance):
     finally:
         serve.delete("caller")
         serve.delete("echo_target")
+
+
+def test_num_replicas_none_without_autoscaling_means_one(serve_instance):
+    serve.run(add_one.options(name="one", num_replicas=None).bind(), name="none_replicas", route_prefix=None)
+    try:
+        dep = serve.status().applications["none_replicas"].deployments["one"]
+        assert dep.replica_states == {"RUNNING": 1}
+    finally:
+        serve.delete("none_replicas")
