@@ -8,6 +8,7 @@ values are rejected with the field name and the reason.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
@@ -24,8 +25,10 @@ __all__ = [
     "DEFAULT_HTTP_PORT",
     "DEFAULT_GRPC_PORT",
     "DEFAULT_REST_PORT",
+    "validate_name",
     "validate_num_replicas",
     "validate_route_prefix",
+    "MAX_NAME_LENGTH",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
@@ -48,6 +51,7 @@ HEALTH_CHECK_FAILURE_THRESHOLD = 3  # failed checks in a row before a replica is
 POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may take this long
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
 PROXY_START_WAIT_S = 15.0  # serve.start waits this long for proxies to come up
+MAX_NAME_LENGTH = 256  # application and deployment names, and route prefixes, are at most this long
 DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
 PROXY_HEALTH_CHECK_PERIOD_S = 2.0  # the controller asks each healthy proxy whether it still serves this often
 PROXY_HEALTH_CHECK_TIMEOUT_S = 5.0  # a proxy health check unanswered this long counts as failed
@@ -68,12 +72,44 @@ def validate_num_replicas(value: Any) -> Any:
     return value
 
 
+def _control_character(text: str) -> Optional[str]:
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+
+
+def validate_name(value: Any, field: str) -> str:
+    """Ray Serve's rules for an application or deployment name, plus what dserve's keys
+    need: a non-empty string, not only whitespace, without ``#`` (the controller's keys are
+    ``app#deployment``), without control characters, at most ``MAX_NAME_LENGTH`` long.
+    ``field`` ("application name", "deployment name") starts the error message."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, got {type(value).__name__} {value!r}")
+    if not value.strip():
+        raise ValueError(f"{field} must not be empty or only whitespace, got {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{field} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}")
+    if "#" in value:
+        raise ValueError(f"{field} must not contain '#', got {value!r}")
+    bad = _control_character(value)
+    if bad is not None:
+        raise ValueError(f"{field} must not contain control characters (found {bad!r}), got {value!r}")
+    return value
+
+
 def validate_route_prefix(prefix: Optional[str]) -> Optional[str]:
-    """Ray Serve's rules for a route prefix (None means: no HTTP route)."""
+    """Ray Serve's rules for a route prefix (None means: no HTTP route), plus: no control
+    characters, no ``#`` or ``?`` (a request path never holds them), at most
+    ``MAX_NAME_LENGTH`` long."""
     if prefix is None:
         return prefix
     if not isinstance(prefix, str) or not prefix.startswith("/"):
         raise ValueError(f'route_prefix must start with "/", got {prefix!r}')
+    if len(prefix) > MAX_NAME_LENGTH:
+        raise ValueError(f"route_prefix must be at most {MAX_NAME_LENGTH} characters, got {len(prefix)}")
+    bad = _control_character(prefix)
+    if bad is not None:
+        raise ValueError(f"route_prefix must not contain control characters (found {bad!r}), got {prefix!r}")
+    if "#" in prefix or "?" in prefix:
+        raise ValueError(f"route_prefix must not contain '#' or '?', got {prefix!r}")
     if prefix != "/" and prefix.endswith("/"):
         raise ValueError(f'route_prefix must not end with "/" unless it is "/", got {prefix!r}')
     if "{" in prefix or "}" in prefix:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from pydantic import ValidationError
 
-from .config import AutoscalingConfig, DeploymentConfig, validate_route_prefix
+from .config import AutoscalingConfig, DeploymentConfig, validate_name, validate_route_prefix
 
 __all__ = ["deployment", "Deployment", "Application", "BuiltApplication", "BuiltDeployment", "build_application"]
 
@@ -73,9 +73,8 @@ def _check_options(options: Dict[str, Any], who: str) -> Dict[str, Any]:
                 f"deployment {who!r}: num_replicas and autoscaling_config cannot both be set; "
                 'use num_replicas="auto" or None with an autoscaling_config'
             )
-    name = options.get("name")
-    if name is not None and (not isinstance(name, str) or not name or "#" in name):
-        raise ValueError(f"deployment name must be a non-empty string without '#', got {name!r}")
+    if "name" in options:
+        validate_name(options["name"], "deployment name")
     prefix = options.get("route_prefix", _UNSET)
     if prefix is not _UNSET and prefix is not None:
         validate_route_prefix(prefix)
@@ -188,7 +187,8 @@ def deployment(
             raise TypeError("@serve.deployment must decorate a class or a function")
         if inspect.isclass(target) and inspect.isasyncgenfunction(getattr(target, "__init__", None)):
             raise TypeError("__init__ cannot be a generator")
-        name = options.get("name") or getattr(target, "__name__", "Deployment")
+        name = options["name"] if "name" in options else getattr(target, "__name__", "Deployment")
+        validate_name(name, "deployment name")
         checked = _check_options(dict(options), name)
         checked.pop("name", None)
         route_prefix = checked.pop("route_prefix", None)
@@ -229,6 +229,7 @@ def build_application(app: Application, name: str, route_prefix: Any = _UNSET) -
         )
     if not isinstance(app, Application):
         raise TypeError(f"expected an Application (a bound deployment), got {type(app).__name__}")
+    validate_name(name, "application name")
     built: Dict[int, BuiltDeployment] = {}
     names: Dict[str, int] = {}
 

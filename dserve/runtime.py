@@ -2,7 +2,8 @@
 
 A ``Runtime`` knows the scheduler (where the controller lives), owns this
 process's routers and data-plane connections, and keeps the routers' replica
-sets current with one long poll to the controller. Worker processes (replicas,
+sets current with one long poll to the controller; the router of a deployment
+that no longer exists is dropped (a later call makes a fresh one). Worker processes (replicas,
 proxies, Dask tasks) create theirs lazily on the worker's own event loop; a
 driver's is made by whoever knows how to connect (``api`` registers that with
 ``set_connector``), so this layer never imports the public API.
@@ -184,6 +185,8 @@ class Runtime:
                 router = self.routers.get((app, dep))
                 if router is not None:
                     router.update(snapshot)
+                    if not router.exists:  # deleted: forget it (a later call makes a new one)
+                        del self.routers[(app, dep)]
 
     async def close(self) -> None:
         self.closed = True

@@ -164,6 +164,20 @@ class DeploymentSchema(_Schema):
     route_prefix: Optional[str] = None
     logging_config: Optional[Dict[str, Any]] = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        from .config import validate_name
+
+        return validate_name(value, "deployment name")
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, value: Optional[str]) -> Optional[str]:
+        from .config import validate_route_prefix
+
+        return validate_route_prefix(value)
+
     @field_validator("num_replicas")
     @classmethod
     def _replicas(cls, value: Any) -> Any:
@@ -198,6 +212,13 @@ class ServeApplicationSchema(_Schema):
     args: Dict[str, Any] = Field(default_factory=dict)
     logging_config: Optional[Dict[str, Any]] = None
     external_scaler_enabled: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        from .config import validate_name
+
+        return validate_name(value, "application name")
 
     @field_validator("route_prefix")
     @classmethod

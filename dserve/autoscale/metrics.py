@@ -4,7 +4,8 @@ Replicas report how many requests they are running (their worker pushes
 every ``PUSH_PERIOD_S``); routers report how many requests wait in their
 queues (periodically, and at once when a request waits for a deployment with
 no replicas). A deployment's load sample is running + queued; samples are
-kept over the look-back window.
+kept over the look-back window. Reports older than ``STALE_AFTER_S`` do not count
+and are pruned, so callers and replicas that went away leave nothing behind.
 """
 from __future__ import annotations
 
@@ -35,10 +36,21 @@ class LoadMetrics:
     def report_queued(self, source: str, counts: Dict[str, int]) -> None:
         now = time.monotonic()
         for key, queued in counts.items():
-            self.queued[(key, source)] = (now, queued)
+            if queued:
+                self.queued[(key, source)] = (now, queued)
+            else:  # an empty queue is the same as no report: keep no entry for it
+                self.queued.pop((key, source), None)
 
     def forget_replica(self, replica_id: str) -> None:
         self.running.pop(replica_id, None)
+
+    def prune(self) -> None:
+        """Forget reports too old to count: queues of callers that stopped reporting (a
+        process that exited) and replicas that did (their worker left)."""
+        now = time.monotonic()
+        for table in (self.queued, self.running):
+            for k in [k for k, (t, _) in table.items() if now - t >= STALE_AFTER_S]:
+                del table[k]
 
     def total_running(self, replica_ids: Iterable[str]) -> int:
         now = time.monotonic()

@@ -246,6 +246,7 @@ class DeploymentState:
             state = r.state
             r.state = ReplicaState.STOPPING
             self.replicas.pop(r.replica_id, None)
+            self.controller.metrics.forget_replica(r.replica_id)
             if r.future is not None:
                 r.future.release()
                 r.future = None

@@ -110,7 +110,7 @@ class Controller(SchedulerPlugin):
         self.started_at = time.time()
         self.store = GoalStore(self.options)
         self.publisher = Publisher(self.store)
-        self.reconciler = Reconciler(self.store, self._app_removed, self._reconcile_proxies)
+        self.reconciler = Reconciler(self.store, self._app_removed, self._extra_steps)
         self.proxies = ProxyManager(self, *proxy_settings(self.options))
         self.service = ControllerService(self)
         self.declarative = DeclarativeDeployer(self)
@@ -225,7 +225,9 @@ class Controller(SchedulerPlugin):
         self.store.checkpoint()
         self.publisher.notify_change()
 
-    def _reconcile_proxies(self) -> None:
+    def _extra_steps(self) -> None:
+        """After the deployments' steps: the proxies, and load reports gone stale."""
+        self.metrics.prune()
         self.proxies.reconcile()
 
     @staticmethod

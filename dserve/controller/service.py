@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..config import PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions
+from ..config import PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions, validate_name, validate_route_prefix
 from ..schema import MULTI_APP, ApplicationStatus
 from ..serialization import loads
 from ..spec import ApplicationSpec
@@ -96,7 +96,7 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         specs: List[ApplicationSpec] = loads(spec)
-        error = self._check_routes(specs) or await policy_import_error(
+        error = self._check_names(specs) or self._check_routes(specs) or await policy_import_error(
             [d for app_spec in specs for d in app_spec.deployments])
         if error:
             return {"error": error}
@@ -109,6 +109,19 @@ class ControllerService:
                 app.apply(app_spec)
         self._changed()
         return {"ok": True}
+
+    @staticmethod
+    def _check_names(specs: List[ApplicationSpec]) -> str:
+        """Names and prefixes follow the rules ``serve.run`` checks (for any client)."""
+        try:
+            for s in specs:
+                validate_name(s.name, "application name")
+                validate_route_prefix(s.route_prefix)
+                for d in s.deployments:
+                    validate_name(d.name, "deployment name")
+        except ValueError as exc:
+            return str(exc)
+        return ""
 
     def _check_routes(self, specs: List[ApplicationSpec]) -> str:
         names = [s.name for s in specs]

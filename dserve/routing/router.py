@@ -5,7 +5,7 @@ route to it). Power of two choices on this caller's in-flight counts, never
 more than ``max_ongoing_requests`` in flight to one replica; callers beyond
 that wait in a FIFO queue bounded by ``max_queued_requests`` (then
 ``BackPressureError``) and are dispatched the moment a slot frees, with no
-back-off timer. Multiplexed requests prefer replicas holding their model.
+back-off timer; a caller who gives up while queued leaves the queue at once. Multiplexed requests prefer replicas holding their model.
 """
 from __future__ import annotations
 
@@ -133,14 +133,25 @@ class Router:
         if self.max_queued != -1 and len(self.waiters) >= self.max_queued:
             raise BackPressureError(num_queued_requests=len(self.waiters), max_queued_requests=self.max_queued)
         future = asyncio.get_running_loop().create_future()
-        self.waiters.append(_Waiter(future, model_id))
+        waiter = _Waiter(future, model_id)
+        self.waiters.append(waiter)
         self.runtime.report_queued(self)
         try:
             return await future
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the caller gave up (cancelled, timed out, disconnected)
             if future.done() and not future.cancelled() and future.exception() is None:
-                self.release(future.result())
+                self.release(future.result())  # a slot came just as it gave up: pass it on
+            else:
+                self._leave(waiter)
             raise
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A waiter that gave up leaves the queue at once: it no longer counts against
+        ``max_queued_requests`` nor in the queue length the controller sees."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass  # already taken off (dispatched or failed)
 
     def release(self, slot: ReplicaSlot) -> None:
         slot.in_flight -= 1
