@@ -1,16 +1,24 @@
-"""Pydantic models of Ray Serve's status, config and REST schemas.
+"""Pydantic models of Ray Serve's config and status schemas, under their Ray names.
 
-The status enums and ``ServeStatus`` (what ``serve.status()`` returns); the
-config-file schemas (``ServeDeploySchema`` and friends, also the REST PUT
-bodies), validated with the field and reason on error; and the REST response
-schemas (``ServeStatusSchema`` for V1, ``ServeInstanceDetails`` for V2).
+The config-file schemas (``ServeDeploySchema`` and friends, also the REST PUT
+bodies) live here, validated with the field and reason on error; the status
+enums, ``ServeStatus`` (what ``serve.status()`` returns) and the REST response
+schemas (``ServeStatusSchema`` for V1, ``ServeInstanceDetails`` for V2) live in
+``status_schema`` and are re-exported here, so ``dserve.schema.X`` is Ray's
+``ray.serve.schema.X`` for all of them.
 """
 from __future__ import annotations
 
-import enum
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .status_schema import (  # noqa: F401 - re-exported: one public home for every schema
+    ApplicationDetails, ApplicationStatus, ApplicationStatusOverview, DeploymentDetails, DeploymentStatus,
+    DeploymentStatusOverview, DeploymentStatusTrigger, ProxyDetails, ProxyStatus, ReplicaDetails, ReplicaState,
+    ServeStatus, ServeStatusSchema,
+)
+from .status_schema import ActorInfo
 
 from .config import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_REQUEST_HEADER_BYTES,
                      DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S)
@@ -42,86 +50,6 @@ __all__ = [
 
 # how the current goal state was declared: REST V2 / multi-app config, or REST V1
 MULTI_APP, SINGLE_APP = "MULTI_APP", "SINGLE_APP"
-
-
-class ApplicationStatus(str, enum.Enum):
-    NOT_STARTED = "NOT_STARTED"
-    DEPLOYING = "DEPLOYING"
-    DEPLOY_FAILED = "DEPLOY_FAILED"
-    RUNNING = "RUNNING"
-    UNHEALTHY = "UNHEALTHY"
-    DELETING = "DELETING"
-
-
-class DeploymentStatus(str, enum.Enum):
-    UPDATING = "UPDATING"
-    HEALTHY = "HEALTHY"
-    UNHEALTHY = "UNHEALTHY"
-    DEPLOY_FAILED = "DEPLOY_FAILED"
-    UPSCALING = "UPSCALING"
-    DOWNSCALING = "DOWNSCALING"
-
-
-class DeploymentStatusTrigger(str, enum.Enum):
-    UNSPECIFIED = "UNSPECIFIED"
-    CONFIG_UPDATE_STARTED = "CONFIG_UPDATE_STARTED"
-    CONFIG_UPDATE_COMPLETED = "CONFIG_UPDATE_COMPLETED"
-    UPSCALE_COMPLETED = "UPSCALE_COMPLETED"
-    DOWNSCALE_COMPLETED = "DOWNSCALE_COMPLETED"
-    AUTOSCALING = "AUTOSCALING"
-    REPLICA_STARTUP_FAILED = "REPLICA_STARTUP_FAILED"
-    HEALTH_CHECK_FAILED = "HEALTH_CHECK_FAILED"
-    INTERNAL_ERROR = "INTERNAL_ERROR"
-    DELETING = "DELETING"
-
-
-class ReplicaState(str, enum.Enum):
-    STARTING = "STARTING"
-    UPDATING = "UPDATING"
-    RECOVERING = "RECOVERING"
-    RUNNING = "RUNNING"
-    STOPPING = "STOPPING"
-    PENDING_MIGRATION = "PENDING_MIGRATION"
-
-
-class ProxyStatus(str, enum.Enum):
-    STARTING = "STARTING"
-    HEALTHY = "HEALTHY"
-    UNHEALTHY = "UNHEALTHY"
-    DRAINING = "DRAINING"
-    DRAINED = "DRAINED"
-
-
-class DeploymentStatusOverview(BaseModel):
-    """Status of one deployment in ``serve.status()``."""
-
-    status: DeploymentStatus
-    status_trigger: DeploymentStatusTrigger = DeploymentStatusTrigger.UNSPECIFIED
-    replica_states: Dict[ReplicaState, int] = Field(default_factory=dict)
-    message: str = ""
-
-
-class ApplicationStatusOverview(BaseModel):
-    """Status of one application in ``serve.status()``."""
-
-    status: ApplicationStatus
-    message: str = ""
-    last_deployed_time_s: float = 0.0
-    deployments: Dict[str, DeploymentStatusOverview] = Field(default_factory=dict)
-
-
-class ServeStatus(BaseModel):
-    """What ``serve.status()`` returns: proxies and applications."""
-
-    proxies: Dict[str, ProxyStatus] = Field(default_factory=dict)
-    applications: Dict[str, ApplicationStatusOverview] = Field(default_factory=dict)
-    target_capacity: Optional[float] = None
-
-
-# ---------------------------------------------------------------------------
-# Config schemas: what a Ray Serve config file (and the REST PUT body) holds.
-# Fields left out keep the value in the code; only fields set here override it.
-# ---------------------------------------------------------------------------
 
 
 def _repeated(values: List[Any]) -> List[Any]:
@@ -310,91 +238,10 @@ class ServeDeploySchema(_Schema):
         return value
 
 
-# ---------------------------------------------------------------------------
-# Response schemas (REST V1 and V2).
-# ---------------------------------------------------------------------------
-
-
-class _AppStatusV1(BaseModel):
-    status: ApplicationStatus
-    message: str = ""
-    deployment_timestamp: float = 0.0
-
-
-class _DeploymentStatusV1(BaseModel):
-    name: str
-    status: DeploymentStatus
-    message: str = ""
-
-
-class ServeStatusSchema(BaseModel):
-    """V1: the status of the application and all its deployments."""
-
-    name: str = "default"
-    app_status: _AppStatusV1
-    deployment_statuses: List[_DeploymentStatusV1] = Field(default_factory=list)
-
-
-class ReplicaDetails(BaseModel):
-    """Detailed info about a single replica."""
-
-    replica_id: str
-    state: ReplicaState
-    pid: Optional[int] = None
-    start_time_s: float = 0.0
-    node_id: Optional[str] = None
-    node_ip: Optional[str] = None
-    node_instance_id: Optional[str] = None
-    actor_id: Optional[str] = None
-    actor_name: str = ""
-    worker_id: Optional[str] = None
-    log_file_path: Optional[str] = None
-
-
-class DeploymentDetails(BaseModel):
-    """Detailed info about a deployment within an application."""
-
-    name: str
-    status: DeploymentStatus
-    status_trigger: DeploymentStatusTrigger = DeploymentStatusTrigger.UNSPECIFIED
-    message: str = ""
-    deployment_config: Dict[str, Any] = Field(default_factory=dict)
-    target_num_replicas: int = 0
-    required_resources: Dict[str, float] = Field(default_factory=dict)
-    replicas: List[ReplicaDetails] = Field(default_factory=list)
-
-
-class ApplicationDetails(BaseModel):
-    """Detailed info about an application."""
-
-    name: str
-    route_prefix: Optional[str] = None
-    docs_path: Optional[str] = None
-    status: ApplicationStatus
-    message: str = ""
-    last_deployed_time_s: float = 0.0
-    deployed_app_config: Optional[Dict[str, Any]] = None
-    source: str = "imperative"
-    deployments: Dict[str, DeploymentDetails] = Field(default_factory=dict)
-
-
-class _ActorInfo(BaseModel):
-    node_id: Optional[str] = None
-    node_ip: Optional[str] = None
-    actor_id: Optional[str] = None
-    actor_name: Optional[str] = None
-    worker_id: Optional[str] = None
-    log_file_path: Optional[str] = None
-
-
-class ProxyDetails(_ActorInfo):
-    status: ProxyStatus
-
-
 class ServeInstanceDetails(BaseModel):
     """V2: system-level info and details of every application."""
 
-    controller_info: _ActorInfo = Field(default_factory=_ActorInfo)
+    controller_info: ActorInfo = Field(default_factory=ActorInfo)
     proxy_location: Optional[str] = None
     http_options: Optional[HTTPOptionsSchema] = None
     grpc_options: Optional[gRPCOptionsSchema] = None
