@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import sys
-import traceback
 from typing import Any, Dict, Optional
 
 import cloudpickle
 
 from .deployment import _UNSET, Application, Deployment, build_application
 from .ingress import ASGI_APP_ATTR
-from .serialization import dumps_code
+from .serialization import dumps_code, user_traceback
 from .spec import ApplicationSpec, DeploymentSpec
 
 __all__ = ["application_spec", "import_application", "build_from_config"]
@@ -114,7 +114,12 @@ def build_from_config(app_config: Dict[str, Any]) -> Dict[str, Any]:
         app = import_application(schema.import_path, schema.args, fresh=True)
         overrides = {d.name: d.options() for d in schema.deployments}
         spec = application_spec(app, schema.name, schema.route_prefix, overrides, version_from_source=True)
-        spec.source = {"config": schema.model_dump(mode="json", exclude_unset=True)}
+        spec.source = {**spec.source, "config": schema.model_dump(mode="json", exclude_unset=True)}  # docs_path stays
         return {"spec": cloudpickle.dumps(spec)}
     except BaseException as exc:  # noqa: BLE001 - reported as DEPLOY_FAILED with the traceback
-        return {"error": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+        error = user_traceback(exc)
+        if isinstance(exc, ModuleNotFoundError):
+            error += (f"\nThe module {exc.name!r} cannot be imported on the Dask worker (working directory "
+                      f"{os.getcwd()!r}; a plain `dask worker` does not see the driver's files): ship your code with "
+                      "runtime_env={'working_dir': '.'} (or py_modules), or put it on the workers' PYTHONPATH.")
+        return {"error": error}
