@@ -165,3 +165,11 @@ def test_num_replicas_none_without_autoscaling_means_one(serve_instance):
         assert dep.replica_states == {"RUNNING": 1}
     finally:
         serve.delete("none_replicas")
+
+
+def test_root_path_strips_only_a_whole_path_segment():
+    from dserve.proxy.http_proxy import strip_root_path
+
+    assert strip_root_path("/base/x", "/base") == "/x"
+    assert strip_root_path("/base", "/base") == "/"
+    assert strip_root_path("/basement", "/base") == "/basement"

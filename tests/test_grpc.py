@@ -73,6 +73,7 @@ def make_greeter():
 
         async def SayMany(self, request):
             for i in range(request.count):
+                await asyncio.sleep(request.seconds)
                 yield pb2.HelloReply(message=f"{request.name}-{i}")
 
         def Fail(self, request):
@@ -139,6 +140,9 @@ def test_errors_timeouts_overload_and_context(stub, tmp_path):
     assert err.value.code() == grpc.StatusCode.INTERNAL and "the model refused" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         stub.Slow(pb2.HelloRequest(seconds=5), metadata=md)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED, "timed out after 2.0s")
+    with pytest.raises(grpc.RpcError) as err:  # request_timeout_s covers streaming calls too
+        list(stub.SayMany(pb2.HelloRequest(name="s", count=100, seconds=0.5), metadata=md))
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED, "timed out after 2.0s")
     # the timed-out request is cancelled in the replica too
     wait_for(lambda: handle.counts.remote().result() == {"started": 1, "cancelled": 1}, timeout=10,

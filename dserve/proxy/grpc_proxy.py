@@ -262,7 +262,15 @@ class GRPCProxy:
 
             async def produce() -> None:
                 try:
-                    await self._run(name, request, context, queue.put)
+                    run = self._run(name, request, context, queue.put)
+                    if not self.request_timeout_s:
+                        await run
+                        return
+                    try:
+                        await asyncio.wait_for(run, self.request_timeout_s)
+                    except asyncio.TimeoutError:
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                            f"timed out after {self.request_timeout_s}s")
                 finally:
                     _put_last(queue, end)
 

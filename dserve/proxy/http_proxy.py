@@ -47,6 +47,13 @@ async def _send_plain(send: Send, status: int, text: str, headers: Optional[List
     await send({"type": "http.response.body", "body": body})
 
 
+def strip_root_path(path: str, root_path: str) -> str:
+    """``path`` below ``root_path`` (``/base`` strips ``/base/x``, never ``/basement``)."""
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        return path[len(root_path):] or "/"
+    return path
+
+
 class HTTPProxy:
     """ASGI app of one proxy; its route table follows the controller's."""
 
@@ -88,8 +95,7 @@ class HTTPProxy:
         if kind == "lifespan":
             return
         path = scope["path"]
-        if self.root_path and path.startswith(self.root_path):
-            path = path[len(self.root_path):] or "/"
+        path = strip_root_path(path, self.root_path)
         if kind == "http":
             if path == "/-/routes":
                 body = json.dumps({p: app for p, app, _ in self.routes}).encode()

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Tuple
 
 from ..metrics import table
 from ..types import ASGIApp, Message, Receive, Scope, Send
+from .http_proxy import strip_root_path
 
 __all__ = ["ProtocolMetrics", "HTTPMetrics"]
 
@@ -78,8 +79,7 @@ class HTTPMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             path = scope["path"]
-            if self.root_path and path.startswith(self.root_path):
-                path = path[len(self.root_path):] or "/"
+            path = strip_root_path(path, self.root_path)
             route = self.match(path) if not path.startswith("/-/") else None
             prefix, application = (route[0], route[1]) if route is not None else (path if path.startswith("/-/") else "", "")
             code = status or 499
