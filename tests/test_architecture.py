@@ -22,7 +22,7 @@ LAYERS: List[List[str]] = [
     ["dserve.handle", "dserve.deployment", "dserve.ingress", "dserve.batching", "dserve.multiplex", "dserve.build"],
     ["dserve.actors"],
     ["dserve.proxy"],
-    ["dserve.controller", "dserve.rest"],
+    ["dserve.controller", "dserve.rest", "dserve.dashboard"],
     ["dserve.api", "dserve.local_testing", "dserve.cli", "dserve.preload", "dserve.cluster", "dserve"],
 ]
 MAX_MODULE_LINES = 400
