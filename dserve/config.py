@@ -63,6 +63,7 @@ SERVE_PAGE_PATH = "serve"  # the page; its data at SERVE_PAGE_PATH + "/api/statu
 SERVE_PAGE_REFRESH_S = 2.0  # the page fetches new data this often
 TRAFFIC_BUCKET_S = 2.0  # request rate, error rate and latency percentiles are per bucket this long
 TRAFFIC_HISTORY_S = 300.0  # ... kept (and charted) this far back
+REPR_STATUS_TIMEOUT_S = 5.0  # a handle's notebook repr waits this long for the application's status
 CONTROLLER_NAME = "dserve-controller"  # the controller's name among the scheduler's plugins
 
 
