@@ -155,9 +155,11 @@ def start(address: Optional[str], http_host: str, http_port: int, proxy_location
                                       grpc_options, rest_host=rest_host)
     except (launcher.LaunchError, AuthError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler: {state['address']}\n"
-               f"  REST API:  {state['rest_address']} (token: DSERVE_AUTH_TOKEN or {default_token_path()})\n"
-               f"  HTTP:      http://{http_host}:{http_port}\n  logs:      {state['log']}\n"
+    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler:  {state['address']}\n"
+               f"  REST API:   {state['rest_address']} (token: DSERVE_AUTH_TOKEN or {default_token_path()})\n"
+               f"  HTTP:       http://{http_host}:{http_port}\n"
+               f"  Serve page: {state['serve_page']} (open it once as ...?token=<token>)\n"
+               f"  logs:       {state['log']}\n"
                "Stop it with `dserve shutdown`.")
 
 
