@@ -221,4 +221,5 @@ def serve_page_url(scheduler: Any) -> Optional[str]:
         return None
     host = server.address if server.address not in ("", "0.0.0.0", "::") else get_address_host(scheduler.address)
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{server.port}{_prefix(application)}{SERVE_PAGE_PATH}"
+    scheme = "https" if getattr(server, "ssl_options", None) else "http"  # dashboard TLS (Dask config)
+    return f"{scheme}://{host}:{server.port}{_prefix(application)}{SERVE_PAGE_PATH}"
