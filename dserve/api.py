@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Union
 from distributed.protocol.pickle import dumps as dask_dumps
 
 from . import cluster as _cluster
+from .auth import default_token_path
 from .config import HTTPOptions, ProxyLocation, gRPCOptions
 from .controller import CONTROLLER_NAME, Controller
 from .build import application_spec
@@ -33,6 +34,7 @@ __all__ = [
 logger = logging.getLogger("dserve")
 
 _owned_cluster: Any = None
+_serve_page_logged = False
 
 
 def _sync(runtime: Runtime, coro: Any, timeout: Optional[float] = None) -> Any:
@@ -45,8 +47,9 @@ def _sync(runtime: Runtime, coro: Any, timeout: Optional[float] = None) -> Any:
     return asyncio.run_coroutine_threadsafe(coro, runtime.loop).result(timeout)
 
 
-async def _ensure_controller(runtime: Runtime, options: Dict[str, Any]) -> None:
-    """Install the controller on the scheduler unless it is there (idempotent)."""
+async def _ensure_controller(runtime: Runtime, options: Dict[str, Any]) -> Dict[str, Any]:
+    """Install the controller on the scheduler unless it is there (idempotent); its answer
+    to ``dserve_start``."""
     await runtime.rpc(
         "register_scheduler_plugin",
         plugin=dask_dumps(Controller(options)),
@@ -55,7 +58,7 @@ async def _ensure_controller(runtime: Runtime, options: Dict[str, Any]) -> None:
     )
     if await runtime.rpc("dserve_ping") is None:
         raise RayServeException("the dserve controller could not be installed on the scheduler")
-    await runtime.rpc("dserve_start", options=options)
+    return await runtime.rpc("dserve_start", options=options)
 
 
 def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
@@ -81,12 +84,22 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
     security = _cluster.find_security(scheduler_address, security)
     runtime = Runtime(scheduler_address, home_loop(), connection_args=security.get_connection_args("client"))
     try:
-        _sync(runtime, _ensure_controller(runtime, options), timeout=60)
+        started = _sync(runtime, _ensure_controller(runtime, options), timeout=60)
     except BaseException:
         _sync(runtime, runtime.close())
         raise
     set_runtime(runtime)
+    _log_serve_page(started.get("serve_page"))
     return runtime
+
+
+def _log_serve_page(url: Optional[str]) -> None:
+    """Say once per process where the Serve page is (never with the token)."""
+    global _serve_page_logged
+    if url and not _serve_page_logged:
+        _serve_page_logged = True
+        logger.info("dserve's Serve page: %s (open it once as %s?token=<token>; the token is in "
+                    "DSERVE_AUTH_TOKEN or %s)", url, url, default_token_path())
 
 
 def _connect_existing() -> Runtime:

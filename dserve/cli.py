@@ -7,6 +7,7 @@ with a one-line message and a non-zero exit code, never a traceback.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -154,9 +155,11 @@ def start(address: Optional[str], http_host: str, http_port: int, proxy_location
                                       grpc_options, rest_host=rest_host)
     except (launcher.LaunchError, AuthError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler: {state['address']}\n"
-               f"  REST API:  {state['rest_address']} (token: DSERVE_AUTH_TOKEN or {default_token_path()})\n"
-               f"  HTTP:      http://{http_host}:{http_port}\n  logs:      {state['log']}\n"
+    click.echo(f"Started a local Dask cluster with dserve.\n  scheduler:  {state['address']}\n"
+               f"  REST API:   {state['rest_address']} (token: DSERVE_AUTH_TOKEN or {default_token_path()})\n"
+               f"  HTTP:       http://{http_host}:{http_port}\n"
+               f"  Serve page: {state['serve_page']} (open it once as ...?token=<token>)\n"
+               f"  logs:       {state['log']}\n"
                "Stop it with `dserve shutdown`.")
 
 
@@ -174,10 +177,14 @@ def deploy(config_or_import_path: str, arguments: tuple, address: Optional[str],
     click.echo(f"Sent deploy request to {_rest_address(address)}; see `dserve status` for progress.")
 
 
-@cli.command(help="Print the status of every application (YAML).")
+@cli.command(help="Print the status of every application: YAML (Ray's format), JSON, or a table.")
 @click.option("-a", "--address", default=None)
 @click.option("--name", default=None, help="Only this application.")
-def status(address: Optional[str], name: Optional[str]) -> None:
+@click.option("-o", "--output", "output", default="yaml", show_default=True, type=click.Choice(["yaml", "json"]),
+              help="Output format.")
+@click.option("--table", is_flag=True, help="Applications, their deployments (replica states, messages) and "
+                                            "proxies as an aligned table.")
+def status(address: Optional[str], name: Optional[str], output: str, table: bool) -> None:
     details = _request("GET", address, "/api/serve/applications/").json()
     apps = {
         app_name: {
@@ -195,7 +202,16 @@ def status(address: Optional[str], name: Optional[str]) -> None:
     }
     out = {"proxies": {node: p["status"] for node, p in details["proxies"].items()}, "applications": apps,
            "target_capacity": details.get("target_capacity")}
-    click.echo(yaml.safe_dump(out, sort_keys=False).rstrip())
+    if table:
+        from .status_view import status_table
+
+        for app_name, app in apps.items():
+            app["route_prefix"] = details["applications"][app_name]["route_prefix"]
+        click.echo(status_table(out))
+    elif output == "json":
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(yaml.safe_dump(out, sort_keys=False).rstrip())
 
 
 def _replica_states(dep: Dict[str, Any]) -> Dict[str, int]:

@@ -63,6 +63,13 @@ DEFAULT_REQUEST_BODY_TIMEOUT_S = 300.0  # from the last header to the body's las
 DEFAULT_MAX_CONNECTIONS = 10_000  # open connections per proxy; more are answered 503 and closed
 PROXY_FD_RESERVE = 256  # file descriptors a proxy's worker keeps beyond max_connections (RLIMIT_NOFILE bounds it)
 REJECT_LINGER_S = 2.0  # after a 4xx/503 a proxy reads and drops what the client still sends this long, then closes
+# the Serve page on the Dask scheduler's dashboard server (see ``dashboard``)
+SERVE_PAGE_PATH = "serve"  # the page; its data at SERVE_PAGE_PATH + "/api/status"
+SERVE_PAGE_REFRESH_S = 2.0  # the page fetches new data this often
+TRAFFIC_BUCKET_S = 2.0  # request rate, error rate and latency percentiles are per bucket this long
+TRAFFIC_HISTORY_S = 300.0  # ... kept (and charted) this far back
+REPR_STATUS_TIMEOUT_S = 5.0  # a handle's notebook repr waits this long for the application's status
+CONTROLLER_NAME = "dserve-controller"  # the controller's name among the scheduler's plugins
 
 
 def validate_num_replicas(value: Any) -> Any:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, AsyncIterator, Iterator, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Dict, Iterator, Optional, Tuple, Union
 
+from .config import REPR_STATUS_TIMEOUT_S
 from .context import RequestContext, get_request_context, new_request_id
 from .event_loop import in_loop_thread
-from .exceptions import RayServeException, RequestCancelledError
 from .config import STREAM_WINDOW
-from .runtime import get_runtime
+from .exceptions import RayServeException, RequestCancelledError
+from .runtime import current_runtime, get_runtime
+from .status_view import handle_html
 
 __all__ = [
     "DeploymentHandle",
@@ -38,14 +40,28 @@ def _loop_misuse() -> RuntimeError:
     )
 
 
+def _state(future: _Future) -> str:
+    if future.cancelled():
+        return "cancelled"
+    if not future.done():
+        return "pending"
+    return "failed" if future.exception() is not None else "done"
+
+
 class DeploymentResponse:
     """A future-like object wrapping the result of a unary handle call."""
 
-    __slots__ = ("_future", "_request_id")
+    __slots__ = ("_future", "_request_id", "_call")
 
-    def __init__(self, future: _Future, request_id: str) -> None:
+    def __init__(self, future: _Future, request_id: str, call: Tuple[str, str, str] = ("", "", "")) -> None:
         self._future = future
         self._request_id = request_id
+        self._call = call  # (deployment, application, method)
+
+    def __repr__(self) -> str:
+        deployment, app, method = self._call
+        return (f"{type(self).__name__}(deployment={deployment!r}, app={app!r}, method={method!r}, "
+                f"state={_state(self._future)!r}, request_id={self._request_id!r})")
 
     @property
     def request_id(self) -> str:
@@ -102,12 +118,20 @@ class DeploymentResponse:
 class DeploymentResponseGenerator:
     """Iterates the items of a streaming call (``for`` and ``async for``)."""
 
-    def __init__(self, queue: "asyncio.Queue", task: _Future, loop: asyncio.AbstractEventLoop, request_id: str) -> None:
+    def __init__(self, queue: "asyncio.Queue", task: _Future, loop: asyncio.AbstractEventLoop, request_id: str,
+                 call: Tuple[str, str, str] = ("", "", "")) -> None:
         self._queue = queue
         self._task = task
         self._loop = loop
         self._request_id = request_id
         self._finished = False
+        self._call = call  # (deployment, application, method)
+
+    def __repr__(self) -> str:
+        deployment, app, method = self._call
+        state = "finished" if self._finished else "streaming" if not self._task.done() else _state(self._task)
+        return (f"{type(self).__name__}(deployment={deployment!r}, app={app!r}, method={method!r}, "
+                f"state={state!r}, request_id={self._request_id!r})")
 
     @property
     def request_id(self) -> str:
@@ -254,7 +278,15 @@ class DeploymentHandle:
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(deployment={self._deployment_name!r}, app={self._app_name!r})"
+        extra = (f", multiplexed_model_id={self._multiplexed_model_id!r}" if self._multiplexed_model_id else "") + (
+            ", stream=True" if self._stream else "")
+        return (f"{type(self).__name__}(deployment={self._deployment_name!r}, app={self._app_name!r}, "
+                f"method={self._method_name!r}{extra})")
+
+    def _repr_html_(self) -> str:
+        """In a notebook: what the handle calls, and its application's live status."""
+        tree, error = _status_tree()
+        return handle_html(type(self).__name__, self._deployment_name, self._app_name, self._method_name, tree, error)
 
     def _context(self) -> RequestContext:
         parent = get_request_context()
@@ -280,13 +312,13 @@ class DeploymentHandle:
                 await _pump(runtime.router(app, target).stream(method, a, k, ctx), queue)
 
             task = _submit(stream_call(), loop)
-            return DeploymentResponseGenerator(queue, task, loop, ctx.request_id)
+            return DeploymentResponseGenerator(queue, task, loop, ctx.request_id, (dep, app, method))
 
         async def call() -> Any:
             a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
             return await runtime.router(app, dep or await self._ingress(runtime)).call(method, a, k, ctx)
 
-        return DeploymentResponse(_submit(call(), loop), ctx.request_id)
+        return DeploymentResponse(_submit(call(), loop), ctx.request_id, (dep, app, method))
 
 
     async def _ingress(self, runtime: Any) -> str:
@@ -310,6 +342,21 @@ async def _resolve_responses(args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
     args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
     kwargs = {k: (await v if isinstance(v, DeploymentResponse) else v) for k, v in kwargs.items()}
     return args, kwargs
+
+
+def _status_tree() -> Tuple[Optional[Dict[str, Any]], str]:
+    """The status RPC's answer for a repr, or ``None`` and why not (never connects or blocks long)."""
+    runtime = current_runtime()
+    if runtime is None or runtime.closed or not runtime.scheduler_address:
+        return None, "not connected to a dserve cluster"
+    if in_loop_thread(runtime.loop):
+        return None, "status is not fetched on dserve's event loop"
+    future = asyncio.run_coroutine_threadsafe(runtime.rpc("dserve_status"), runtime.loop)
+    try:
+        return future.result(REPR_STATUS_TIMEOUT_S), ""
+    except Exception as exc:  # noqa: BLE001 - a repr shows why, never raises
+        future.cancel()
+        return None, f"status unavailable: {exc!r}"
 
 
 def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> _Future:

@@ -57,7 +57,7 @@ def launch_local(http_host: str, http_port: int, proxy_location: str, rest_port:
     """Spawn a scheduler (with dserve preloaded) and workers in their own sessions; record them."""
     os.makedirs(home(), exist_ok=True)
     token = ensure_token()  # before the scheduler starts: it and every client read the same file
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"
     log_path = os.path.join(home(), "cluster.log")
     log = open(log_path, "ab")
@@ -69,7 +69,7 @@ def launch_local(http_host: str, http_port: int, proxy_location: str, rest_port:
     pids: list = []
     identities: Dict[str, list] = {}
     state = {"address": address, "rest_address": f"http://{_url_host(rest_host)}:{rest_port}", "pids": pids,
-             "identities": identities, "log": log_path}
+             "identities": identities, "log": log_path, "serve_page": f"http://127.0.0.1:{dashboard_port}/serve"}
 
     def spawn(argv: list) -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, "-m", *argv], **common)
@@ -80,7 +80,7 @@ def launch_local(http_host: str, http_port: int, proxy_location: str, rest_port:
         return process
 
     scheduler = spawn(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-                       "--dashboard-address", "127.0.0.1:0", "--preload", "dserve",
+                       "--dashboard-address", f"127.0.0.1:{dashboard_port}", "--preload", "dserve",
                        "--dserve-http-host", http_host, "--dserve-http-port", str(http_port),
                        "--dserve-proxy-location", proxy_location, "--dserve-rest-port", str(rest_port),
                        "--dserve-rest-host", rest_host])

@@ -102,6 +102,11 @@ class ServeStatus(BaseModel):
     applications: Dict[str, ApplicationStatusOverview] = Field(default_factory=dict)
     target_capacity: Optional[float] = None
 
+    def _repr_html_(self) -> str:
+        from .status_view import status_html
+
+        return status_html(self.model_dump(mode="json"))
+
 
 # ---------------------------------------------------------------------------
 # Config schemas: what a Ray Serve config file (and the REST PUT body) holds.

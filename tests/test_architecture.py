@@ -18,12 +18,12 @@ LAYERS: List[List[str]] = [
     ["dserve._version", "dserve.exceptions", "dserve.config", "dserve.schema", "dserve.spec", "dserve.wire",
      "dserve.types", "dserve.context", "dserve.serialization", "dserve.event_loop", "dserve.autoscale",
      "dserve.uvicorn_server", "dserve.grpc_util", "dserve.auth", "dserve.metrics",
-     "dserve.status_schema"],
+     "dserve.status_schema", "dserve.status_view"],
     ["dserve.routing", "dserve.runtime"],
     ["dserve.handle", "dserve.deployment", "dserve.ingress", "dserve.batching", "dserve.multiplex", "dserve.build"],
     ["dserve.actors"],
     ["dserve.proxy"],
-    ["dserve.controller", "dserve.rest"],
+    ["dserve.controller", "dserve.rest", "dserve.dashboard"],
     ["dserve.api", "dserve.local_testing", "dserve.cli", "dserve.preload", "dserve.cluster", "dserve"],
 ]
 MAX_MODULE_LINES = 400

@@ -41,6 +41,11 @@ def test_start_deploy_status_config_shutdown(tmp_path, env):
     started = dserve("start", "--http-port", str(http_port), "--rest-port", str(rest_port), env=env)
     assert f"127.0.0.1:{rest_port}" in started.stdout
     try:
+        page = started.stdout.split("Serve page: ")[1].split(" ")[0]
+        with open(os.path.join(env["DSERVE_HOME"], "auth_token")) as f:
+            token = f.read().strip()
+        assert httpx.get(page).status_code == 401  # the page wants the token, as the REST API does
+        assert httpx.get(page, headers={"Authorization": f"Bearer {token}"}).status_code == 200
         config = {"applications": [
             {"name": "a", "route_prefix": "/a", "import_path": "config_apps:greeter_app",
              "deployments": [{"name": "Greeter", "user_config": {"suffix": "!"}}]},

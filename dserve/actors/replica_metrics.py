@@ -7,12 +7,17 @@ application and route. Per replica: ``serve_deployment_replica_starts`` (counter
 and at scrape time ``serve_replica_processing_queries`` (requests running now) and
 ``serve_deployment_replica_healthy`` (1 while it accepts requests). A replica's
 series are dropped when it shuts down.
+
+``totals`` sums the same requests over routes — ``[requests, errors, latency bucket
+counts..., over the last bucket]`` — for the load reports its worker sends the
+controller (the Serve page's request rate, error rate and latency percentiles).
 """
 from __future__ import annotations
 
+import bisect
 import time
 import weakref
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, List, Optional
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
@@ -38,6 +43,8 @@ class ReplicaMetrics:
         self.starts = table("counter", "serve_deployment_replica_starts",
                             "The number of times this replica has been restarted due to failure.",
                             ("deployment", "replica", "application"))
+        self.buckets = self.latency.buckets
+        self.totals: List[int] = [0] * (len(self.buckets) + 3)
 
     @classmethod
     def create(cls, replica: Any) -> Optional["ReplicaMetrics"]:
@@ -51,10 +58,15 @@ class ReplicaMetrics:
 
     def record(self, route: str, started: float, failed: bool) -> None:
         labels = self.ids + (route,)
+        latency_ms = (time.perf_counter() - started) * 1000.0
         self.requests.inc(labels)
-        self.latency.observe(labels, (time.perf_counter() - started) * 1000.0)
+        self.latency.observe(labels, latency_ms)
+        totals = self.totals
+        totals[0] += 1
+        totals[2 + bisect.bisect_left(self.buckets, latency_ms)] += 1
         if failed:
             self.errors.inc(labels)
+            totals[1] += 1
 
     def forget(self) -> None:
         match = {"replica": self.ids[1]}

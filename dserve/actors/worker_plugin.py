@@ -3,13 +3,14 @@
 The controller installs it on all workers (present and future). It registers
 the transport's ``dserve_mux`` comm handler (callers reach any replica on this
 worker through it), marks the process as a dserve worker, and pushes the
-running-request count of its replicas to the controller for autoscaling.
+running-request count of its replicas to the controller for autoscaling, with
+their request totals when they changed (the Serve page's rates and latencies).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Dict, List
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -47,14 +48,22 @@ class DServeWorkerPlugin(WorkerPlugin):
         await serve_mux(comm, self.worker.state.actors)
 
     async def _report_load(self) -> None:
-        """Push the running-request count of every replica here to the controller."""
+        """Push the running-request count of every replica here to the controller, and
+        the request totals of those whose totals changed since the last push."""
+        sent: Dict[str, List[int]] = {}
         while True:
             await asyncio.sleep(PUSH_PERIOD_S)
-            counts = {a.replica_id: a.ongoing for a in list(self.worker.state.actors.values())
-                      if isinstance(a, ReplicaActor) and a.accepting}
-            if not counts:
+            replicas = [a for a in list(self.worker.state.actors.values())
+                        if isinstance(a, ReplicaActor) and a.accepting]
+            if not replicas:
+                sent.clear()
                 continue
+            counts = {a.replica_id: a.ongoing for a in replicas}
+            totals = {a.replica_id: list(a.metrics.totals) for a in replicas
+                      if a.metrics is not None and a.metrics.totals != sent.get(a.replica_id)}
             try:
-                await self.worker.scheduler.dserve_report_running(counts=counts)
+                await self.worker.scheduler.dserve_report_running(counts=counts, totals=totals)
             except Exception as exc:  # noqa: BLE001 - metrics are best effort
                 logger.debug("load report failed: %r", exc)
+                continue
+            sent = {rid: t for rid, t in {**sent, **totals}.items() if rid in counts}

@@ -8,7 +8,8 @@ Installed by ``dask scheduler --preload dserve`` or registered by the client
 - ``proxy_state.ProxyManager``: where proxies run, starting and stopping them;
 - ``publisher.Publisher``: versions and the long poll routers and proxies follow;
 - ``service.ControllerService``: the ``dserve_*`` RPC handlers (``RPC_HANDLERS``);
-- ``rest.server``: the REST admin API, started once the controller is ready.
+- ``rest.server``: the REST admin API, started once the controller is ready;
+- ``dashboard``: the Serve page on the scheduler's dashboard server (``/serve``).
 
 It never sits on the request path and never blocks the scheduler's event loop:
 actors are created through the controller's own asynchronous Client, made in a
@@ -32,10 +33,11 @@ from distributed.protocol.pickle import dumps as dask_dumps
 
 from ..actors.worker_plugin import PLUGIN_NAME, DServeWorkerPlugin
 from ..autoscale import LoadMetrics
-from ..config import DEFAULT_REST_PORT
+from ..config import CONTROLLER_NAME, DEFAULT_REST_PORT
 from ..exceptions import RayServeException
 from ..proxy.server import PROXY_PLUGIN_NAME, ProxyWorkerPlugin
-from ..rest.server import start_rest_server
+from ..dashboard import install_serve_page, serve_page_url
+from ..rest.server import rest_token, start_rest_server
 from .application_state import ApplicationState
 from .cluster_coupling import ClusterCoupling
 from .declarative import DeclarativeDeployer
@@ -46,6 +48,7 @@ from .publisher import Publisher
 from .reconciler import Reconciler
 from .service import ControllerService, proxy_settings
 from .store import GoalStore
+from .traffic import Traffic
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -54,8 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["Controller", "CONTROLLER_NAME", "RPC_HANDLERS"]
 
 logger = logging.getLogger("dserve.controller")
-
-CONTROLLER_NAME = "dserve-controller"
 
 # scheduler handler name -> ControllerService method
 RPC_HANDLERS = {
@@ -116,12 +117,15 @@ class Controller(SchedulerPlugin):
         self.declarative = DeclarativeDeployer(self)
         self.ledger = PlacementLedger()
         self.metrics = LoadMetrics()
+        self.traffic = Traffic()  # request rates and latencies for the Serve page
         self.telemetry = ControllerMetrics(self)  # Prometheus metrics at the scheduler's /metrics
         self.store.on_checkpoint = self.telemetry.checkpoint_ms.observe
         self.reconciler.on_step = self.telemetry.loop_done
         self.coupling = ClusterCoupling(self)
         self.applied_envs: Set[str] = set()  # runtime_env plugins already registered
         self.rest_server: Any = None
+        self.auth_token: Optional[str] = None  # set at boot (None: DSERVE_AUTH_MODE=disabled)
+        self.serve_page: Optional[str] = None  # the Serve page's URL
         self.rest_port: Optional[int] = None
         self._closing = False
         self._ready = asyncio.Event()
@@ -140,6 +144,8 @@ class Controller(SchedulerPlugin):
             scheduler.handlers[handler] = getattr(self.service, method)
         self.coupling.install()
         self.telemetry.register()
+        # /serve on the scheduler's dashboard server
+        self.serve_page = serve_page_url(scheduler) if install_serve_page(scheduler) else None
         self._check_worker_ttl(scheduler)
         self._boot_task = asyncio.ensure_future(self._boot())
 
@@ -159,7 +165,8 @@ class Controller(SchedulerPlugin):
             return
         self._ready.set()
         self.reconciler.start()
-        self.rest_server = await start_rest_server(self, self.options, DEFAULT_REST_PORT)
+        self.auth_token = rest_token(self.options)  # the REST API and the Serve page require it
+        self.rest_server = await start_rest_server(self, self.options, DEFAULT_REST_PORT, self.auth_token)
         self.rest_port = self.rest_server.port if self.rest_server is not None else None
         logger.info("dserve controller ready on %s", self.scheduler.address)
 

@@ -82,7 +82,7 @@ class ControllerService:
         deadline = time.monotonic() + (PROXY_START_WAIT_S if wait else 0)
         while time.monotonic() < deadline and controller.proxies.starting:
             await controller.reconciler.next_tick(0.5)
-        return {"ok": True, "proxies": controller.proxies.status()}
+        return {"ok": True, "proxies": controller.proxies.status(), "serve_page": controller.serve_page}
 
     async def deploy_config(self, config: Dict[str, Any], mode: str = MULTI_APP,
                             force: bool = False) -> Dict[str, Any]:
@@ -179,6 +179,7 @@ class ControllerService:
             "proxies": {host: p["status"] for host, p in proxies.items()},
             "proxy_details": proxies,
             "rest_port": self.controller.rest_port,
+            "serve_page": self.controller.serve_page,
             "restored_from_checkpoint": self._store.restored_from_checkpoint,
         }
 
@@ -189,9 +190,12 @@ class ControllerService:
         return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
                 "deployments": list(app.deployments)}
 
-    async def report_running(self, counts: Dict[str, int]) -> None:
-        """A worker's replicas and how many requests each is running."""
+    async def report_running(self, counts: Dict[str, int], totals: Optional[Dict[str, List[int]]] = None) -> None:
+        """A worker's replicas and how many requests each is running; the request totals
+        of those whose totals changed (see ``traffic``)."""
         self.controller.metrics.report_running(counts)
+        if totals:
+            self.controller.traffic.report(totals)
 
     async def report_queued(self, source: str, counts: Dict[str, int]) -> None:
         """A caller's queued requests per deployment (at once when one waits on zero replicas)."""

@@ -28,14 +28,14 @@ def rest_token(options: Dict[str, Any]) -> Optional[str]:
     return options.get("rest_token") or os.environ.get("DSERVE_REST_TOKEN") or ensure_token()
 
 
-async def start_rest_server(controller: Any, options: Dict[str, Any], default_port: int) -> Optional[EmbeddedServer]:
-    """Serve the REST API for ``controller``; ``None`` when disabled or the port is busy
-    (logged: the scheduler keeps running without it)."""
+async def start_rest_server(controller: Any, options: Dict[str, Any], default_port: int,
+                            token: Optional[str]) -> Optional[EmbeddedServer]:
+    """Serve the REST API for ``controller``, requiring ``token`` (``rest_token``); ``None``
+    when disabled or the port is busy (logged: the scheduler keeps running without it)."""
     port = options.get("rest_port", default_port)
     if port is None or int(port) < 0:
         return None
     host = options.get("rest_host", DEFAULT_REST_HOST)
-    token = rest_token(options)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("dserve: the REST admin API on %s:%s has authentication disabled (DSERVE_AUTH_MODE=disabled): "
                        "anyone who can reach it can deploy code on the cluster", host, port)
