@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from typing import Any, Dict, Optional, Union
 
 from distributed.protocol.pickle import dumps as dask_dumps
@@ -133,11 +134,19 @@ def start(
     *,
     address: Optional[str] = None,
     security: Any = None,
-    **_ignored: Any,
+    **deprecated: Any,
 ) -> None:
     """Start dserve on a Dask cluster (found or embedded); idempotent. ``security``: the
     ``distributed.Security`` of a TLS cluster (default: the default Client's, or Dask's config)."""
+    for key in deprecated:
+        if key not in _DEPRECATED_START_OPTIONS:
+            raise TypeError(f"start() got an unexpected keyword argument {key!r}")
+        warnings.warn(f"serve.start({key}=...) is deprecated in Ray Serve and has no effect in dserve",
+                      DeprecationWarning, stacklevel=2)
     _connect(address, _options(http_options, grpc_options, proxy_location), security)
+
+
+_DEPRECATED_START_OPTIONS = ("detached", "dedicated_cpu", "_checkpoint_path", "_override_controller_namespace")
 
 
 def deploy_specs(runtime: Runtime, specs: list) -> None:
@@ -172,12 +181,15 @@ def run(
     name: str = "default",
     route_prefix: Any = _UNSET,
     _local_testing_mode: bool = False,
+    external_scaler_enabled: bool = False,
     *,
     address: Optional[str] = None,
-    **_ignored: Any,
 ) -> DeploymentHandle:
     """Deploy an application (replacing one of the same name) and return its ingress handle
     once it is RUNNING."""
+    if external_scaler_enabled:
+        raise ValueError("external_scaler_enabled=True is not supported by dserve: its controller scales "
+                         "deployments itself (autoscaling_config) and asks Dask for workers (adaptive_target)")
     if _local_testing_mode:
         return run_local(target, name, route_prefix)
     spec = application_spec(target, name, route_prefix)

@@ -9,6 +9,7 @@ list of deployments the controller runs, turning nested bound deployments into
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -36,7 +37,15 @@ _CONFIG_OPTIONS = {
     "graceful_shutdown_timeout_s": "graceful_shutdown_timeout_s",
     "max_constructor_retry_count": "max_constructor_retry_count",
 }
-_ACCEPTED_AND_IGNORED = {"logging_config", "is_driver_deployment", "placement_group_strategy"}
+_ACCEPTED_AND_IGNORED = {"logging_config", "is_driver_deployment"}
+# Ray options dserve cannot honour, and what it does instead
+_REJECTED = {
+    "placement_group_bundles": "dserve places each replica on one Dask worker; give the deployment "
+                               "ray_actor_options={'num_cpus': ..., 'num_gpus': ..., 'resources': {...}} matching "
+                               "Dask worker resources instead of placement group bundles",
+    "placement_group_strategy": "dserve spreads replicas across workers and hosts itself (and honours "
+                                "max_replicas_per_node); placement group strategies do not apply",
+}
 
 
 def _make_config(base: Optional[DeploymentConfig], options: Dict[str, Any], who: str) -> DeploymentConfig:
@@ -64,9 +73,15 @@ def _check_options(options: Dict[str, Any], who: str) -> Dict[str, Any]:
             f"deployment {who!r}: the `version` option has been removed; dserve (like Ray Serve) "
             "computes code versions internally. Remove `version=`."
         )
-    unknown = set(options) - set(_CONFIG_OPTIONS) - _ACCEPTED_AND_IGNORED - {"name", "route_prefix"}
+    for key, instead in _REJECTED.items():
+        if options.get(key) is not None:
+            raise ValueError(f"deployment {who!r}: {key} is not supported: {instead}")
+    unknown = set(options) - set(_CONFIG_OPTIONS) - _ACCEPTED_AND_IGNORED - set(_REJECTED) - {"name", "route_prefix"}
     if unknown:
         raise TypeError(f"deployment {who!r}: unknown option(s) {sorted(unknown)}")
+    if options.get("is_driver_deployment"):
+        warnings.warn("is_driver_deployment is deprecated in Ray Serve and has no effect in dserve",
+                      DeprecationWarning, stacklevel=3)
     if "num_replicas" in options and "autoscaling_config" in options:
         if options["num_replicas"] not in (None, "auto") and options["autoscaling_config"] is not None:
             raise ValueError(
@@ -78,7 +93,7 @@ def _check_options(options: Dict[str, Any], who: str) -> Dict[str, Any]:
     prefix = options.get("route_prefix", _UNSET)
     if prefix is not _UNSET and prefix is not None:
         validate_route_prefix(prefix)
-    return {k: v for k, v in options.items() if k not in _ACCEPTED_AND_IGNORED}
+    return {k: v for k, v in options.items() if k not in _ACCEPTED_AND_IGNORED and k not in _REJECTED}
 
 
 class Deployment:

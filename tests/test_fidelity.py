@@ -173,3 +173,16 @@ def test_root_path_strips_only_a_whole_path_segment():
     assert strip_root_path("/base/x", "/base") == "/x"
     assert strip_root_path("/base", "/base") == "/"
     assert strip_root_path("/basement", "/base") == "/basement"
+
+
+def test_unknown_arguments_are_type_errors_naming_them():
+    with pytest.raises(TypeError, match="run\\(\\) got an unexpected keyword argument 'routeprefix'"):
+        serve.run(add_one.bind(), routeprefix="/x")
+    with pytest.raises(TypeError, match="start\\(\\) got an unexpected keyword argument 'http_port'"):
+        serve.start(http_port=8000)
+    with pytest.raises(TypeError, match=r"deployment 'add_one': unknown option\(s\) \['num_replica'\]"):
+        add_one.options(num_replica=2)
+    with pytest.raises(ValueError, match="placement_group_bundles is not supported: dserve places each replica"):
+        add_one.options(placement_group_bundles=[{"CPU": 1}])
+    with pytest.raises(ValueError, match="external_scaler_enabled=True is not supported by dserve"):
+        serve.run(add_one.bind(), external_scaler_enabled=True)
