@@ -121,8 +121,11 @@ def test_replicas_follow_load_and_lose_no_request(clean):
         t.join()
     wait_for(lambda: running("busy", "Busy") == 1, timeout=30, what="scale back down to 1")
     assert errors == [] and len(done) > 0
-    dep = serve.status().applications["busy"].deployments["Busy"]
-    assert dep.status == "HEALTHY" and dep.status_trigger == "DOWNSCALE_COMPLETED"
+
+    def settled():  # the stopped replicas drain first: DOWNSCALING until they are gone
+        dep = serve.status().applications["busy"].deployments["Busy"]
+        return (dep.status, dep.status_trigger) == ("HEALTHY", "DOWNSCALE_COMPLETED")
+    wait_for(settled, timeout=30, what="HEALTHY after the downscale")
 
 
 @serve.deployment(
