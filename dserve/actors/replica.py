@@ -26,7 +26,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import StreamingResponse
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
-from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
+from ..context import ReplicaContext, RequestContext, _current_replica, _request_context, restore_context
 from ..ingress import prepare_asgi_app
 from ..serialization import loads, user_traceback
 from ..types import Message, Receive, Scope, WireContext
@@ -273,19 +273,21 @@ class ReplicaActor:
             return StreamingResponse(fn(*args) if kind == _ASYNC_GEN else iterate_in_threadpool(fn(*args)))
         return self._run_sync(functools.partial(fn, *args))
 
-    def _enter(self, ctx: Optional[WireContext]) -> float:
+    def _enter(self, ctx: Optional[WireContext]) -> tuple:
+        """Count the request in and enter its context; the tokens undo it in ``_exit`` (a
+        caller in this process, e.g. a proxy, must not stay in this replica's context)."""
         self.ongoing += 1
         self._idle.clear()
-        _current_replica.set(self.context)
-        _request_context.set(RequestContext.from_wire(ctx))
-        return time.perf_counter()
+        tokens = (_current_replica.set(self.context), _request_context.set(RequestContext.from_wire(ctx)))
+        return time.perf_counter(), tokens
 
-    def _exit(self, ctx: Optional[WireContext], started: float, failed: bool) -> None:
+    def _exit(self, ctx: Optional[WireContext], entered: tuple, failed: bool) -> None:
         self.ongoing -= 1
         if self.ongoing == 0:
             self._idle.set()
+        restore_context(entered[1])
         if self.metrics is not None:
-            self.metrics.record(ctx.get("route", "") if ctx else "", started, failed)
+            self.metrics.record(ctx.get("route", "") if ctx else "", entered[0], failed)
 
     async def call(self, method: str, args: tuple, kwargs: dict, ctx: Optional[WireContext]) -> Any:
         """Run one unary request (in its own task, started by the transport)."""
