@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Union
 from distributed.protocol.pickle import dumps as dask_dumps
 
 from . import cluster as _cluster
-from .config import HTTPOptions, ProxyLocation, gRPCOptions
+from .config import HTTPOptions, LoggingConfig, ProxyLocation, gRPCOptions, logging_config as _logging_config
 from .controller import CONTROLLER_NAME, Controller
 from .build import application_spec
 from .deployment import _UNSET, Application
@@ -102,8 +102,11 @@ def _connect_existing() -> Runtime:
 set_connector(_connect_existing)
 
 
-def _options(http_options: Any, grpc_options: Any, proxy_location: Any) -> Dict[str, Any]:
+def _options(http_options: Any, grpc_options: Any, proxy_location: Any,
+             logging_config: Any = None) -> Dict[str, Any]:
     opts: Dict[str, Any] = {}
+    if logging_config is not None:  # the proxies' (their access log) and the controller's
+        opts["logging_config"] = _logging_config(logging_config).model_dump()
     if http_options is not None:
         opts["http_options"] = (HTTPOptions(**http_options) if isinstance(http_options, dict) else http_options).model_dump()
     if grpc_options is not None:
@@ -118,13 +121,15 @@ def start(
     grpc_options: Union[None, dict, gRPCOptions] = None,
     proxy_location: Union[None, str, ProxyLocation] = None,
     *,
+    logging_config: Union[None, dict, LoggingConfig] = None,
     address: Optional[str] = None,
     security: Any = None,
     **_ignored: Any,
 ) -> None:
     """Start dserve on a Dask cluster (found or embedded); idempotent. ``security``: the
-    ``distributed.Security`` of a TLS cluster (default: the default Client's, or Dask's config)."""
-    _connect(address, _options(http_options, grpc_options, proxy_location), security)
+    ``distributed.Security`` of a TLS cluster (default: the default Client's, or Dask's config).
+    ``logging_config``: the proxies' logging (e.g. ``enable_access_log``)."""
+    _connect(address, _options(http_options, grpc_options, proxy_location, logging_config), security)
 
 
 def deploy_specs(runtime: Runtime, specs: list) -> None:
@@ -158,16 +163,17 @@ def run(
     blocking: bool = False,
     name: str = "default",
     route_prefix: Any = _UNSET,
+    logging_config: Union[None, dict, LoggingConfig] = None,
     _local_testing_mode: bool = False,
     *,
     address: Optional[str] = None,
     **_ignored: Any,
 ) -> DeploymentHandle:
     """Deploy an application (replacing one of the same name) and return its ingress handle
-    once it is RUNNING."""
+    once it is RUNNING. ``logging_config`` applies to its deployments that set none."""
     if _local_testing_mode:
         return run_local(target, name, route_prefix)
-    spec = application_spec(target, name, route_prefix)
+    spec = application_spec(target, name, route_prefix, logging_config=_logging_config(logging_config))
     runtime = _connect(address)
     deploy_specs(runtime, [spec])
     wait_for_application(runtime, name)

@@ -2,12 +2,15 @@
 
 ``DeploymentConfig`` holds what ``@serve.deployment`` / ``.options()`` accept;
 ``AutoscalingConfig``, ``HTTPOptions``, ``gRPCOptions`` and ``ProxyLocation``
-configure autoscaling and the proxies. All are pydantic v2 models, so invalid
+configure autoscaling and the proxies; ``LoggingConfig`` the logs of replicas and
+proxies. All are pydantic v2 models, so invalid
 values are rejected with the field name and the reason.
 """
 from __future__ import annotations
 
 import enum
+import logging
+import os
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
@@ -15,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 __all__ = [
     "AutoscalingConfig",
     "DeploymentConfig",
+    "EncodingType",
     "HTTPOptions",
+    "LoggingConfig",
     "gRPCOptions",
     "ProxyLocation",
     "RayActorOptions",
@@ -58,6 +63,16 @@ DEFAULT_REQUEST_BODY_TIMEOUT_S = 300.0  # from the last header to the body's las
 DEFAULT_MAX_CONNECTIONS = 10_000  # open connections per proxy; more are answered 503 and closed
 PROXY_FD_RESERVE = 256  # file descriptors a proxy's worker keeps beyond max_connections (RLIMIT_NOFILE bounds it)
 REJECT_LINGER_S = 2.0  # after a 4xx/503 a proxy reads and drops what the client still sends this long, then closes
+# logs (LoggingConfig)
+LOG_RING_LINES = 2000  # log lines each replica (and each proxy) keeps in memory for `dserve logs`
+LOG_RINGS_KEPT_STOPPED = 16  # a worker still answers `dserve logs` for this many of its stopped replicas
+# a replica's (proxy's) log file rotates at this size, keeping this many old files (Ray's defaults and variables)
+LOG_FILE_MAX_BYTES = int(os.environ.get("DSERVE_ROTATION_MAX_BYTES", 512 * 1024 * 1024))
+LOG_FILE_BACKUP_COUNT = int(os.environ.get("DSERVE_ROTATION_BACKUP_COUNT", 5))
+LOG_TO_STDERR = os.environ.get("DSERVE_LOG_TO_STDERR", "1") != "0"  # replica/proxy logs also reach the terminal
+LOGS_DEFAULT_TAIL = 100  # lines `dserve logs` shows first
+LOGS_FOLLOW_PERIOD_S = 0.25  # `dserve logs --follow` asks for new lines this often
+LOGS_READ_TIMEOUT_S = 5.0  # the controller waits this long for the workers' log lines
 
 
 def validate_num_replicas(value: Any) -> Any:
@@ -99,8 +114,70 @@ class ProxyLocation(str, enum.Enum):
         raise ValueError(f"proxy_location must be one of {[m.value for m in cls]}, got {value!r}")
 
 
+class EncodingType(str, enum.Enum):
+    """How log lines are written: plain text, or one JSON object per line."""
+
+    TEXT = "TEXT"
+    JSON = "JSON"
+
+
+_LEVELS = dict(logging._nameToLevel)  # noqa: SLF001 - "INFO" -> 20 (getLevelNamesMapping is 3.11+)
+# what a LogRecord carries by itself (``additional_log_standard_attrs`` picks from these)
+LOGRECORD_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+
+class LoggingConfig(_Strict):
+    """Logging of a deployment's replicas (``@serve.deployment``/``serve.run``) or of the
+    proxies (``serve.start``, the config's top level); Ray Serve's fields and defaults."""
+
+    encoding: Union[str, EncodingType] = "TEXT"
+    log_level: Union[int, str] = "INFO"
+    logs_dir: Optional[str] = None
+    enable_access_log: bool = True
+    additional_log_standard_attrs: List[str] = Field(default_factory=list)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: Any) -> str:
+        value = value.value if isinstance(value, EncodingType) else value
+        if value not in {e.value for e in EncodingType}:
+            raise ValueError(f'Got "{value}" for encoding. '
+                             f"Encoding must be one of {sorted(e.value for e in EncodingType)}.")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: Any) -> str:
+        if isinstance(value, int):
+            value = logging.getLevelName(value)
+        if value not in _LEVELS:
+            raise ValueError(f'Got "{value}" for log_level. log_level must be one of '
+                             f"{list(_LEVELS)}.")
+        return value
+
+    @field_validator("additional_log_standard_attrs")
+    @classmethod
+    def _attrs(cls, value: List[str]) -> List[str]:
+        unknown = sorted(set(value) - LOGRECORD_STANDARD_ATTRS)
+        if unknown:
+            raise ValueError(f"Unknown attributes {unknown}. Additional log standard attributes must be one of "
+                             f"{sorted(LOGRECORD_STANDARD_ATTRS)}.")
+        return value
+
+    @property
+    def level_number(self) -> int:
+        return _LEVELS[str(self.log_level)]
+
+
+def logging_config(value: Any) -> Optional["LoggingConfig"]:
+    """A ``LoggingConfig`` from one, a dict or None."""
+    if value is None or isinstance(value, LoggingConfig):
+        return value
+    return LoggingConfig(**value)
 
 
 class AutoscalingConfig(_Strict):
@@ -190,6 +267,7 @@ class DeploymentConfig(_Strict):
     max_replicas_per_node: Optional[int] = Field(None, ge=1, le=100)
     max_constructor_retry_count: int = Field(20, ge=1)
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    logging_config: Optional[LoggingConfig] = None
 
     @field_validator("num_replicas")
     @classmethod

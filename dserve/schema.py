@@ -13,12 +13,14 @@ from typing import Any, Dict, List, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_REQUEST_HEADER_BYTES,
-                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S)
+                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S, EncodingType, LoggingConfig)
 
 __all__ = [
     "ApplicationStatus",
     "DeploymentStatus",
     "DeploymentStatusTrigger",
+    "EncodingType",
+    "LoggingConfig",
     "ReplicaState",
     "ProxyStatus",
     "DeploymentStatusOverview",
@@ -162,7 +164,7 @@ class DeploymentSchema(_Schema):
     ray_actor_options: Optional[RayActorOptionsSchema] = None
     max_replicas_per_node: Optional[int] = Field(None, ge=1, le=100)
     route_prefix: Optional[str] = None
-    logging_config: Optional[Dict[str, Any]] = None
+    logging_config: Optional[LoggingConfig] = None
 
     @field_validator("num_replicas")
     @classmethod
@@ -179,7 +181,7 @@ class DeploymentSchema(_Schema):
 
     def options(self) -> Dict[str, Any]:
         """The deployment options this override sets (for ``Deployment.options``)."""
-        out = {k: getattr(self, k) for k in self.model_fields_set if k not in ("name", "logging_config")}
+        out = {k: getattr(self, k) for k in self.model_fields_set if k != "name"}
         if "ray_actor_options" in out and self.ray_actor_options is not None:
             out["ray_actor_options"] = self.ray_actor_options.model_dump(exclude_unset=True)
         return out
@@ -196,7 +198,7 @@ class ServeApplicationSchema(_Schema):
     port: Optional[int] = None
     deployments: List[DeploymentSchema] = Field(default_factory=list)
     args: Dict[str, Any] = Field(default_factory=dict)
-    logging_config: Optional[Dict[str, Any]] = None
+    logging_config: Optional[LoggingConfig] = None
     external_scaler_enabled: bool = False
 
     @field_validator("route_prefix")
@@ -266,7 +268,7 @@ class ServeDeploySchema(_Schema):
     proxy_location: str = "EveryNode"
     http_options: HTTPOptionsSchema = Field(default_factory=HTTPOptionsSchema)
     grpc_options: gRPCOptionsSchema = Field(default_factory=gRPCOptionsSchema)
-    logging_config: Optional[Dict[str, Any]] = None
+    logging_config: Optional[LoggingConfig] = None
     target_capacity: Optional[float] = Field(None, ge=0, le=100)
     applications: List[ServeApplicationSchema] = Field(default_factory=list)
 
