@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context, restore_context
 from ..ingress import prepare_asgi_app
+from ..logs import close_sink, open_replica_sink
 from ..serialization import loads, user_traceback
 from ..types import Message, Receive, Scope, WireContext
 from ..wire import GRPC_METHOD, HTTP_METHOD, LastItem
@@ -114,6 +115,7 @@ class ReplicaActor:
         self._init = init
         self.max_ongoing = int(config.get("max_ongoing_requests", 5))
         self.user_config = config.get("user_config")
+        self.logging_config = config.get("logging_config")
         self.context = ReplicaContext(app_name=app, deployment=deployment, replica_id=replica_id)
         self.servable: Any = None
         self.ongoing = 0
@@ -137,10 +139,12 @@ class ReplicaActor:
         try:
             await self._initialize()
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
+            close_sink(self.replica_id)  # what it logged stays readable (`dserve logs`)
             return {"error": user_traceback(exc)}
         return self.info()
 
     async def _initialize(self) -> None:
+        open_replica_sink(self.context, self.logging_config)  # its logs and prints, from the constructor on
         loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.max_ongoing)
         self._idle = asyncio.Event()
@@ -232,6 +236,7 @@ class ReplicaActor:
         del servable
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        close_sink(self.replica_id)
 
     # ---- requests (worker plugin -> direct calls) ----
     def _method(self, name: str) -> Tuple[Callable, str]:
