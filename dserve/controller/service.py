@@ -67,6 +67,11 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         controller = self.controller
+        logging_config = options.get("logging_config")
+        if logging_config is not None and logging_config != controller.options.get("logging_config"):
+            controller.options["logging_config"] = dict(logging_config)  # the proxies follow the route table
+            self._store.checkpoint()
+            controller.publisher.notify_change()
         if {"http_options", "proxy_location", "grpc_options"} & set(options):
             async with controller.proxies.lock:  # concurrent starts apply one after the other, whole
                 merged = {**controller.options, **options}
