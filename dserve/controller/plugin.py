@@ -61,7 +61,7 @@ CONTROLLER_NAME = "dserve-controller"
 RPC_HANDLERS = {
     f"dserve_{name}": name
     for name in ("ping", "start", "deploy", "deploy_config", "wait", "delete", "shutdown", "status",
-                 "app_info", "report_running", "report_queued", "report_models", "listen")
+                 "app_info", "report_running", "report_queued", "report_models", "listen", "logs")
 }
 
 
