@@ -230,9 +230,10 @@ class Controller(SchedulerPlugin):
 
     @staticmethod
     def _check_worker_ttl(scheduler: "Scheduler") -> None:
+        """A hint, at info level: on a LocalCluster (where workers die loudly) it never matters."""
         ttl = getattr(scheduler, "worker_ttl", None)
         if not ttl or ttl > 60:
-            logger.warning(
+            logger.info(
                 "dserve: distributed.scheduler.worker-ttl is %s; a silently lost worker goes unnoticed that long. "
                 "30s is recommended for serving (DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=30s).", ttl or "unset")
 
