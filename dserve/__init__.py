@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import config, context, exceptions, handle, schema
 from ._version import __version__ as __version__
 from .api import delete, get_app_handle, get_deployment_handle, run, shutdown, start, status
-from .config import AutoscalingConfig, DeploymentConfig, HTTPOptions, ProxyLocation, gRPCOptions
+from .config import AutoscalingConfig, DeploymentConfig, HTTPOptions, LoggingConfig, ProxyLocation, gRPCOptions
 from .context import ReplicaContext, get_replica_context
 from .deployment import Application, Deployment, deployment
 from .exceptions import (
@@ -40,6 +40,7 @@ __all__ = [
     "DeploymentResponseGenerator",
     "DeploymentUnavailableError",
     "HTTPOptions",
+    "LoggingConfig",
     "ProxyLocation",
     "RayServeException",
     "RayServeHandle",

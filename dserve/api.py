@@ -16,7 +16,7 @@ from distributed.protocol.pickle import dumps as dask_dumps
 
 from . import cluster as _cluster
 from .auth import default_token_path
-from .config import HTTPOptions, ProxyLocation, gRPCOptions
+from .config import HTTPOptions, LoggingConfig, ProxyLocation, gRPCOptions, logging_config as _logging_config
 from .controller import CONTROLLER_NAME, Controller
 from .build import application_spec
 from .deployment import _UNSET, Application
@@ -116,8 +116,11 @@ def _connect_existing() -> Runtime:
 set_connector(_connect_existing)
 
 
-def _options(http_options: Any, grpc_options: Any, proxy_location: Any) -> Dict[str, Any]:
+def _options(http_options: Any, grpc_options: Any, proxy_location: Any,
+             logging_config: Any = None) -> Dict[str, Any]:
     opts: Dict[str, Any] = {}
+    if logging_config is not None:  # the proxies' (their access log) and the controller's
+        opts["logging_config"] = _logging_config(logging_config).model_dump()
     if http_options is not None:
         opts["http_options"] = (HTTPOptions(**http_options) if isinstance(http_options, dict) else http_options).model_dump()
     if grpc_options is not None:
@@ -132,18 +135,20 @@ def start(
     grpc_options: Union[None, dict, gRPCOptions] = None,
     proxy_location: Union[None, str, ProxyLocation] = None,
     *,
+    logging_config: Union[None, dict, LoggingConfig] = None,
     address: Optional[str] = None,
     security: Any = None,
     **deprecated: Any,
 ) -> None:
     """Start dserve on a Dask cluster (found or embedded); idempotent. ``security``: the
-    ``distributed.Security`` of a TLS cluster (default: the default Client's, or Dask's config)."""
+    ``distributed.Security`` of a TLS cluster (default: the default Client's, or Dask's config).
+    ``logging_config``: the proxies' logging (e.g. ``enable_access_log``)."""
     for key in deprecated:
         if key not in _DEPRECATED_START_OPTIONS:
             raise TypeError(f"start() got an unexpected keyword argument {key!r}")
         warnings.warn(f"serve.start({key}=...) is deprecated in Ray Serve and has no effect in dserve",
                       DeprecationWarning, stacklevel=2)
-    _connect(address, _options(http_options, grpc_options, proxy_location), security)
+    _connect(address, _options(http_options, grpc_options, proxy_location, logging_config), security)
 
 
 _DEPRECATED_START_OPTIONS = ("detached", "dedicated_cpu", "_checkpoint_path", "_override_controller_namespace")
@@ -180,19 +185,20 @@ def run(
     blocking: bool = False,
     name: str = "default",
     route_prefix: Any = _UNSET,
+    logging_config: Union[None, dict, LoggingConfig] = None,
     _local_testing_mode: bool = False,
     external_scaler_enabled: bool = False,
     *,
     address: Optional[str] = None,
 ) -> DeploymentHandle:
     """Deploy an application (replacing one of the same name) and return its ingress handle
-    once it is RUNNING."""
+    once it is RUNNING. ``logging_config`` applies to its deployments that set none."""
     if external_scaler_enabled:
         raise ValueError("external_scaler_enabled=True is not supported by dserve: its controller scales "
                          "deployments itself (autoscaling_config) and asks Dask for workers (adaptive_target)")
     if _local_testing_mode:
         return run_local(target, name, route_prefix)
-    spec = application_spec(target, name, route_prefix)
+    spec = application_spec(target, name, route_prefix, logging_config=_logging_config(logging_config))
     runtime = _connect(address)
     deploy_specs(runtime, [spec])
     wait_for_application(runtime, name)

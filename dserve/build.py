@@ -27,7 +27,7 @@ __all__ = ["application_spec", "import_application", "build_from_config"]
 
 def application_spec(app: Application, name: str, route_prefix: Any = _UNSET,
                      overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-                     version_from_source: bool = False) -> ApplicationSpec:
+                     version_from_source: bool = False, logging_config: Any = None) -> ApplicationSpec:
     """Serialize every deployment of ``app`` (code, constructor args, options).
 
     User modules that are not installed packages ship by value, so every
@@ -35,6 +35,7 @@ def application_spec(app: Application, name: str, route_prefix: Any = _UNSET,
     ``version_from_source`` derives code versions from the module's source
     file instead of the pickled bytes: stable across processes and rebuilds
     (a config change then reconfigures in place) and new when the file changes.
+    ``logging_config`` (the application's) applies to each deployment that sets none.
     """
     built = build_application(app, name, route_prefix)
     overrides = dict(overrides or {})
@@ -43,6 +44,8 @@ def application_spec(app: Application, name: str, route_prefix: Any = _UNSET,
         deployment = bd.deployment
         if bd.name in overrides:
             deployment = deployment.options(**overrides.pop(bd.name))
+        if logging_config is not None and deployment.config.logging_config is None:
+            deployment = deployment.options(logging_config=logging_config)
         target = deployment.func_or_class
         code = dumps_code(target)
         init = cloudpickle.dumps((bd.args, bd.kwargs))
@@ -113,7 +116,8 @@ def build_from_config(app_config: Dict[str, Any]) -> Dict[str, Any]:
         schema = ServeApplicationSchema.model_validate(app_config)
         app = import_application(schema.import_path, schema.args, fresh=True)
         overrides = {d.name: d.options() for d in schema.deployments}
-        spec = application_spec(app, schema.name, schema.route_prefix, overrides, version_from_source=True)
+        spec = application_spec(app, schema.name, schema.route_prefix, overrides, version_from_source=True,
+                                logging_config=schema.logging_config)
         spec.source = {**spec.source, "config": schema.model_dump(mode="json", exclude_unset=True)}  # docs_path stays
         return {"spec": cloudpickle.dumps(spec)}
     except BaseException as exc:  # noqa: BLE001 - reported as DEPLOY_FAILED with the traceback

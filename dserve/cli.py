@@ -1,6 +1,6 @@
-"""The ``dserve`` command line: start, run, deploy, status, config, shutdown, build.
+"""The ``dserve`` command line: start, run, deploy, status, config, logs, shutdown, build.
 
-``deploy``/``status``/``config``/``shutdown`` talk to the REST admin API
+``deploy``/``status``/``config``/``logs``/``shutdown`` talk to the REST admin API
 (``-a/--address``, ``DSERVE_REST_ADDRESS``, or the cluster ``dserve start``
 launched); ``start`` and ``run`` talk to a Dask scheduler. User mistakes end
 with a one-line message and a non-zero exit code, never a traceback.
@@ -19,7 +19,8 @@ import yaml
 
 from . import launcher
 from .auth import HOW_TO_SUPPLY, AuthError, bearer_header, default_token_path, load_token
-from .config import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REST_PORT
+from .config import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REST_PORT, LOGS_DEFAULT_TAIL,
+                     LOGS_FOLLOW_PERIOD_S)
 
 __all__ = ["cli"]
 
@@ -232,6 +233,32 @@ def config(address: Optional[str], name: Optional[str]) -> None:
         click.echo("No configuration was found." if name is None else f"No config for application {name!r}.")
         return
     click.echo("\n---\n\n".join(yaml.safe_dump(c, sort_keys=False).rstrip() for c in configs))
+
+
+@cli.command(help="Print the log lines of the replicas (of APP, of its DEPLOYMENT) and, without APP, of the "
+                  "proxies, oldest first; read through the REST API from every worker's memory.")
+@click.argument("app", required=False)
+@click.argument("deployment", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--tail", default=LOGS_DEFAULT_TAIL, type=int, show_default=True, help="Lines to print first.")
+@click.option("-a", "--address", default=None)
+def logs(app: Optional[str], deployment: Optional[str], follow: bool, tail: int, address: Optional[str]) -> None:
+    params: Dict[str, Any] = {"app": app or "", "deployment": deployment or "", "tail": tail}
+    try:
+        answer = _request("GET", address, "/api/serve/logs", params=params).json()
+        _print_log_lines(answer)
+        while follow:
+            time.sleep(LOGS_FOLLOW_PERIOD_S)
+            params["cursor"] = json.dumps(answer["cursor"])
+            answer = _request("GET", address, "/api/serve/logs", params=params).json()
+            _print_log_lines(answer)
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_log_lines(answer: Dict[str, Any]) -> None:
+    for entry in answer["lines"]:
+        click.echo(entry["line"])
 
 
 @cli.command(help="Delete every application; stop the cluster `dserve start` launched.")

@@ -7,14 +7,18 @@ Dask's configured ``scheduler-address``, a current default
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any, Dict, Optional
 
 import dask
+from distributed.deploy.subprocess import SubprocessWorker
 
 __all__ = ["find_address", "find_security", "start_embedded_cluster", "close_embedded_cluster"]
 
@@ -84,6 +88,17 @@ def _tls_files(security: Any) -> Dict[str, str]:
     }
 
 
+class _SessionWorker(SubprocessWorker):
+    """A ``dask spec`` worker subprocess in a session of its own: a Ctrl-C at the terminal
+    reaches only the driver, which then closes the cluster in order (workers interrupted
+    mid-shutdown print Dask tracebacks)."""
+
+    async def _start(self) -> None:
+        spec = json.dumps({"cls": self.worker_class, "opts": {**self.worker_kwargs}})
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, start_new_session=True)
+
+
 def embedded_security(security: Any = None) -> Any:
     """The embedded cluster's ``Security``: the one given, or a temporary one when Dask
     config ``dserve.embedded.security`` is ``temporary``; ``None`` for a plain cluster."""
@@ -104,7 +119,8 @@ def start_embedded_cluster(security: Any = None) -> Any:
 
     Workers are ``dask spec`` subprocesses (each a Nanny and its worker), not
     multiprocessing children, so a script without an ``if __name__ ==
-    "__main__"`` guard is not re-executed in them. Sized by Dask config
+    "__main__"`` guard is not re-executed in them; each in its own session, so
+    a Ctrl-C reaches only this process, which closes them. Sized by Dask config
     ``dserve.embedded.n-workers`` (default 2) and
     ``dserve.embedded.threads-per-worker`` (default 4): each thread is one CPU
     slot for ``ray_actor_options={"num_cpus": ...}``. ``dserve.embedded.adaptive``
@@ -115,12 +131,11 @@ def start_embedded_cluster(security: Any = None) -> Any:
     """
     from distributed import Scheduler
     from distributed.deploy.spec import SpecCluster
-    from distributed.deploy.subprocess import SubprocessWorker
 
     n_workers = int(dask.config.get("dserve.embedded.n-workers", 2))
     threads = int(dask.config.get("dserve.embedded.threads-per-worker", 4))
     worker = {
-        "cls": SubprocessWorker,
+        "cls": _SessionWorker,
         "options": {
             "worker_class": "distributed.Nanny",
             # the HTTP server (/metrics, /health) on loopback, as everything else

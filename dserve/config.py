@@ -2,21 +2,27 @@
 
 ``DeploymentConfig`` holds what ``@serve.deployment`` / ``.options()`` accept;
 ``AutoscalingConfig``, ``HTTPOptions``, ``gRPCOptions`` and ``ProxyLocation``
-configure autoscaling and the proxies. All are pydantic v2 models, so invalid
+configure autoscaling and the proxies; ``LoggingConfig`` the logs of replicas and
+proxies. All are pydantic v2 models, so invalid
 values are rejected with the field name and the reason.
 """
 from __future__ import annotations
 
 import enum
-import unicodedata
+import logging
+import os
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
+from .validation import MAX_NAME_LENGTH, validate_name, validate_num_replicas, validate_route_prefix  # noqa: F401
+
 __all__ = [
     "AutoscalingConfig",
     "DeploymentConfig",
+    "EncodingType",
     "HTTPOptions",
+    "LoggingConfig",
     "gRPCOptions",
     "ProxyLocation",
     "RayActorOptions",
@@ -43,6 +49,7 @@ CONNECT_TIMEOUT_S = 5.0  # a caller's first connection to a replica worker (Dask
 RECONNECT_TIMEOUT_S = 0.5  # ... and after a connection to it dropped (the worker is most likely gone)
 STREAM_WINDOW = 16  # stream items a replica may send beyond what its caller consumed
 LONG_POLL_TIMEOUT_S = 20.0  # a router's long poll returns at least this often
+LONG_POLL_WARN_AFTER = 10  # failed long polls in a row (~5s) before a warning (a closing cluster fails a few)
 METRICS_PUSH_PERIOD_S = 0.5  # replicas and routers report load this often
 RECONCILE_TICK_S = 0.5  # the controller reconciles at least this often
 RECONCILE_BACKOFF_MAX_S = 30.0  # a deployment whose step keeps failing is retried at least this often
@@ -51,7 +58,6 @@ HEALTH_CHECK_FAILURE_THRESHOLD = 3  # failed checks in a row before a replica is
 POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may take this long
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
 PROXY_START_WAIT_S = 15.0  # serve.start waits this long for proxies to come up
-MAX_NAME_LENGTH = 256  # application and deployment names, and route prefixes, are at most this long
 DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
 PROXY_HEALTH_CHECK_PERIOD_S = 2.0  # the controller asks each healthy proxy whether it still serves this often
 PROXY_HEALTH_CHECK_TIMEOUT_S = 5.0  # a proxy health check unanswered this long counts as failed
@@ -70,58 +76,16 @@ TRAFFIC_BUCKET_S = 2.0  # request rate, error rate and latency percentiles are p
 TRAFFIC_HISTORY_S = 300.0  # ... kept (and charted) this far back
 REPR_STATUS_TIMEOUT_S = 5.0  # a handle's notebook repr waits this long for the application's status
 CONTROLLER_NAME = "dserve-controller"  # the controller's name among the scheduler's plugins
-
-
-def validate_num_replicas(value: Any) -> Any:
-    """``num_replicas`` is an int >= 0, "auto" or None."""
-    if isinstance(value, int) and value < 0:
-        raise ValueError("num_replicas must be >= 0")
-    return value
-
-
-def _control_character(text: str) -> Optional[str]:
-    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
-
-
-def validate_name(value: Any, field: str) -> str:
-    """Ray Serve's rules for an application or deployment name, plus what dserve's keys
-    need: a non-empty string, not only whitespace, without ``#`` (the controller's keys are
-    ``app#deployment``), without control characters, at most ``MAX_NAME_LENGTH`` long.
-    ``field`` ("application name", "deployment name") starts the error message."""
-    if not isinstance(value, str):
-        raise ValueError(f"{field} must be a string, got {type(value).__name__} {value!r}")
-    if not value.strip():
-        raise ValueError(f"{field} must not be empty or only whitespace, got {value!r}")
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{field} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}")
-    if "#" in value:
-        raise ValueError(f"{field} must not contain '#', got {value!r}")
-    bad = _control_character(value)
-    if bad is not None:
-        raise ValueError(f"{field} must not contain control characters (found {bad!r}), got {value!r}")
-    return value
-
-
-def validate_route_prefix(prefix: Optional[str]) -> Optional[str]:
-    """Ray Serve's rules for a route prefix (None means: no HTTP route), plus: no control
-    characters, no ``#`` or ``?`` (a request path never holds them), at most
-    ``MAX_NAME_LENGTH`` long."""
-    if prefix is None:
-        return prefix
-    if not isinstance(prefix, str) or not prefix.startswith("/"):
-        raise ValueError(f'route_prefix must start with "/", got {prefix!r}')
-    if len(prefix) > MAX_NAME_LENGTH:
-        raise ValueError(f"route_prefix must be at most {MAX_NAME_LENGTH} characters, got {len(prefix)}")
-    bad = _control_character(prefix)
-    if bad is not None:
-        raise ValueError(f"route_prefix must not contain control characters (found {bad!r}), got {prefix!r}")
-    if "#" in prefix or "?" in prefix:
-        raise ValueError(f"route_prefix must not contain '#' or '?', got {prefix!r}")
-    if prefix != "/" and prefix.endswith("/"):
-        raise ValueError(f'route_prefix must not end with "/" unless it is "/", got {prefix!r}')
-    if "{" in prefix or "}" in prefix:
-        raise ValueError(f"route_prefix may not contain wildcards, got {prefix!r}")
-    return prefix
+# logs (LoggingConfig)
+LOG_RING_LINES = 2000  # log lines each replica (and each proxy) keeps in memory for `dserve logs`
+LOG_RINGS_KEPT_STOPPED = 16  # a worker still answers `dserve logs` for this many of its stopped replicas
+# a replica's (proxy's) log file rotates at this size, keeping this many old files (Ray's defaults and variables)
+LOG_FILE_MAX_BYTES = int(os.environ.get("DSERVE_ROTATION_MAX_BYTES", 512 * 1024 * 1024))
+LOG_FILE_BACKUP_COUNT = int(os.environ.get("DSERVE_ROTATION_BACKUP_COUNT", 5))
+LOG_TO_STDERR = os.environ.get("DSERVE_LOG_TO_STDERR", "1") != "0"  # replica/proxy logs also reach the terminal
+LOGS_DEFAULT_TAIL = 100  # lines `dserve logs` shows first
+LOGS_FOLLOW_PERIOD_S = 0.25  # `dserve logs --follow` asks for new lines this often
+LOGS_READ_TIMEOUT_S = 5.0  # the controller waits this long for the workers' log lines
 
 
 class ProxyLocation(str, enum.Enum):
@@ -143,8 +107,70 @@ class ProxyLocation(str, enum.Enum):
         raise ValueError(f"proxy_location must be one of {[m.value for m in cls]}, got {value!r}")
 
 
+class EncodingType(str, enum.Enum):
+    """How log lines are written: plain text, or one JSON object per line."""
+
+    TEXT = "TEXT"
+    JSON = "JSON"
+
+
+_LEVELS = dict(logging._nameToLevel)  # noqa: SLF001 - "INFO" -> 20 (getLevelNamesMapping is 3.11+)
+# what a LogRecord carries by itself (``additional_log_standard_attrs`` picks from these)
+LOGRECORD_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+
+class LoggingConfig(_Strict):
+    """Logging of a deployment's replicas (``@serve.deployment``/``serve.run``) or of the
+    proxies (``serve.start``, the config's top level); Ray Serve's fields and defaults."""
+
+    encoding: Union[str, EncodingType] = "TEXT"
+    log_level: Union[int, str] = "INFO"
+    logs_dir: Optional[str] = None
+    enable_access_log: bool = True
+    additional_log_standard_attrs: List[str] = Field(default_factory=list)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: Any) -> str:
+        value = value.value if isinstance(value, EncodingType) else value
+        if value not in {e.value for e in EncodingType}:
+            raise ValueError(f'Got "{value}" for encoding. '
+                             f"Encoding must be one of {sorted(e.value for e in EncodingType)}.")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: Any) -> str:
+        if isinstance(value, int):
+            value = logging.getLevelName(value)
+        if value not in _LEVELS:
+            raise ValueError(f'Got "{value}" for log_level. log_level must be one of '
+                             f"{list(_LEVELS)}.")
+        return value
+
+    @field_validator("additional_log_standard_attrs")
+    @classmethod
+    def _attrs(cls, value: List[str]) -> List[str]:
+        unknown = sorted(set(value) - LOGRECORD_STANDARD_ATTRS)
+        if unknown:
+            raise ValueError(f"Unknown attributes {unknown}. Additional log standard attributes must be one of "
+                             f"{sorted(LOGRECORD_STANDARD_ATTRS)}.")
+        return value
+
+    @property
+    def level_number(self) -> int:
+        return _LEVELS[str(self.log_level)]
+
+
+def logging_config(value: Any) -> Optional["LoggingConfig"]:
+    """A ``LoggingConfig`` from one, a dict or None."""
+    if value is None or isinstance(value, LoggingConfig):
+        return value
+    return LoggingConfig(**value)
 
 
 class AutoscalingConfig(_Strict):
@@ -234,6 +260,7 @@ class DeploymentConfig(_Strict):
     max_replicas_per_node: Optional[int] = Field(None, ge=1, le=100)
     max_constructor_retry_count: int = Field(20, ge=1)
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    logging_config: Optional[LoggingConfig] = None
 
     @field_validator("num_replicas")
     @classmethod

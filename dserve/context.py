@@ -69,6 +69,17 @@ _current_replica: contextvars.ContextVar[Optional[ReplicaContext]] = contextvars
 )
 
 
+def restore_context(tokens: tuple) -> None:
+    """Undo ``(_current_replica.set(...), _request_context.set(...))``; in another context
+    (a generator closed from elsewhere) there is nothing to undo."""
+    replica_token, request_token = tokens
+    try:
+        _request_context.reset(request_token)
+        _current_replica.reset(replica_token)
+    except ValueError:
+        pass
+
+
 def get_replica_context() -> ReplicaContext:
     """Return the context of the replica this code runs in.
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from pydantic import ValidationError
 
-from .config import AutoscalingConfig, DeploymentConfig, validate_name, validate_route_prefix
+from .config import AutoscalingConfig, DeploymentConfig, LoggingConfig, validate_name, validate_route_prefix
 
 __all__ = ["deployment", "Deployment", "Application", "BuiltApplication", "BuiltDeployment", "build_application"]
 
@@ -36,8 +36,9 @@ _CONFIG_OPTIONS = {
     "graceful_shutdown_wait_loop_s": "graceful_shutdown_wait_loop_s",
     "graceful_shutdown_timeout_s": "graceful_shutdown_timeout_s",
     "max_constructor_retry_count": "max_constructor_retry_count",
+    "logging_config": "logging_config",
 }
-_ACCEPTED_AND_IGNORED = {"logging_config", "is_driver_deployment"}
+_ACCEPTED_AND_IGNORED = {"is_driver_deployment"}
 # Ray options dserve cannot honour, and what it does instead
 _REJECTED = {
     "placement_group_bundles": "dserve places each replica on one Dask worker; give the deployment "
@@ -152,6 +153,10 @@ class Deployment:
     @property
     def route_prefix(self) -> Optional[str]:
         return self._route_prefix
+
+    @property
+    def logging_config(self) -> Optional[LoggingConfig]:
+        return self._config.logging_config
 
     def options(self, **options: Any) -> "Deployment":
         """Return a copy with some options changed (same names as the decorator)."""

@@ -18,9 +18,9 @@ import asyncio
 import logging
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from distributed.core import ConnectionPool
+from distributed.core import ConnectionPool, Status
 
-from .config import LONG_POLL_TIMEOUT_S, METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
+from .config import LONG_POLL_TIMEOUT_S, LONG_POLL_WARN_AFTER, METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from .context import new_request_id
 from .event_loop import worker_or_none
 from .routing.router import ReplicaSlot, Router
@@ -171,8 +171,10 @@ class Runtime:
                 raise
             except Exception as exc:
                 failures += 1
-                if failures in (1, 10):
-                    logger.warning("dserve: replica-set long poll failed (%r); retrying", exc)
+                # a scheduler going away with its cluster is no news: only a lasting failure is
+                level = logging.WARNING if failures == LONG_POLL_WARN_AFTER and not self._closing() else logging.DEBUG
+                logger.log(level, "dserve: replica-set long poll failed %d time(s) in a row (%r); retrying",
+                           failures, exc)
                 await asyncio.sleep(min(0.1 * failures, 2.0))
                 continue
             for key, snapshot in updates.items():
@@ -187,6 +189,10 @@ class Runtime:
                     router.update(snapshot)
                     if not router.exists:  # deleted: forget it (a later call makes a new one)
                         del self.routers[(app, dep)]
+
+    def _closing(self) -> bool:
+        """This runtime, or the worker it lives in, is shutting down."""
+        return self.closed or (self._worker is not None and self._worker.status != Status.running)
 
     async def close(self) -> None:
         self.closed = True

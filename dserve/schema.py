@@ -21,12 +21,14 @@ from .status_schema import (  # noqa: F401 - re-exported: one public home for ev
 from .status_schema import ActorInfo
 
 from .config import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_REQUEST_HEADER_BYTES,
-                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S)
+                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S, EncodingType, LoggingConfig)
 
 __all__ = [
     "ApplicationStatus",
     "DeploymentStatus",
     "DeploymentStatusTrigger",
+    "EncodingType",
+    "LoggingConfig",
     "ReplicaState",
     "ProxyStatus",
     "DeploymentStatusOverview",
@@ -90,7 +92,7 @@ class DeploymentSchema(_Schema):
     ray_actor_options: Optional[RayActorOptionsSchema] = None
     max_replicas_per_node: Optional[int] = Field(None, ge=1, le=100)
     route_prefix: Optional[str] = None
-    logging_config: Optional[Dict[str, Any]] = None
+    logging_config: Optional[LoggingConfig] = None
 
     @field_validator("name")
     @classmethod
@@ -121,7 +123,7 @@ class DeploymentSchema(_Schema):
 
     def options(self) -> Dict[str, Any]:
         """The deployment options this override sets (for ``Deployment.options``)."""
-        out = {k: getattr(self, k) for k in self.model_fields_set if k not in ("name", "logging_config")}
+        out = {k: getattr(self, k) for k in self.model_fields_set if k != "name"}
         if "ray_actor_options" in out and self.ray_actor_options is not None:
             out["ray_actor_options"] = self.ray_actor_options.model_dump(exclude_unset=True)
         return out
@@ -138,7 +140,7 @@ class ServeApplicationSchema(_Schema):
     port: Optional[int] = None
     deployments: List[DeploymentSchema] = Field(default_factory=list)
     args: Dict[str, Any] = Field(default_factory=dict)
-    logging_config: Optional[Dict[str, Any]] = None
+    logging_config: Optional[LoggingConfig] = None
     external_scaler_enabled: bool = False
 
     @field_validator("name")
@@ -215,7 +217,7 @@ class ServeDeploySchema(_Schema):
     proxy_location: str = "EveryNode"
     http_options: HTTPOptionsSchema = Field(default_factory=HTTPOptionsSchema)
     grpc_options: gRPCOptionsSchema = Field(default_factory=gRPCOptionsSchema)
-    logging_config: Optional[Dict[str, Any]] = None
+    logging_config: Optional[LoggingConfig] = None
     target_capacity: Optional[float] = Field(None, ge=0, le=100)
     applications: List[ServeApplicationSchema] = Field(default_factory=list)
 

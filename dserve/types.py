@@ -56,3 +56,5 @@ class RouteTable(TypedDict, total=False):
     version: int
     routes: Dict[str, Dict[str, str]]  # route prefix -> {"app": name, "ingress": deployment}
     apps: Dict[str, str]  # application -> ingress deployment
+    logging: Dict[str, Any]  # the proxies' LoggingConfig (serve.start / the config's top level)
+    access_log_off: List[str]  # applications whose ingress turned the access log off

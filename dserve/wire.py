@@ -32,7 +32,7 @@ from typing import Any, List, Optional
 import msgpack
 
 __all__ = [
-    "MUX_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY",
+    "MUX_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY", "LOGS_OP",
     "ID", "KEY", "METHOD", "PAYLOAD", "CONTEXT", "KIND", "STREAM", "WEBSOCKET", "EVENT", "CANCEL",
     "RESULT", "ITEM", "DONE", "ERROR", "GONE", "CREDIT",
     "decode", "LastItem", "Coalescer", "Inbox", "Credit",
@@ -44,6 +44,7 @@ MUX_OP = "dserve_mux"  # the worker comm handler that serves multiplexed calls
 HTTP_METHOD = "__dserve_http__"
 GRPC_METHOD = "__dserve_grpc__"
 ROUTES_KEY = "__routes__"
+LOGS_OP = "dserve_worker_logs"  # the worker handler that answers with its replicas' and proxy's log lines
 
 # caller -> worker
 ID = "i"

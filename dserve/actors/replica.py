@@ -26,8 +26,9 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import StreamingResponse
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
-from ..context import ReplicaContext, RequestContext, _current_replica, _request_context
+from ..context import ReplicaContext, RequestContext, _current_replica, _request_context, restore_context
 from ..ingress import prepare_asgi_app
+from ..logs import close_sink, open_replica_sink
 from ..serialization import loads, user_traceback
 from ..types import Message, Receive, Scope, WireContext
 from ..wire import GRPC_METHOD, HTTP_METHOD, LastItem
@@ -114,6 +115,7 @@ class ReplicaActor:
         self._init = init
         self.max_ongoing = int(config.get("max_ongoing_requests", 5))
         self.user_config = config.get("user_config")
+        self.logging_config = config.get("logging_config")
         self.context = ReplicaContext(app_name=app, deployment=deployment, replica_id=replica_id)
         self.servable: Any = None
         self.ongoing = 0
@@ -137,10 +139,12 @@ class ReplicaActor:
         try:
             await self._initialize()
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
+            close_sink(self.replica_id)  # what it logged stays readable (`dserve logs`)
             return {"error": user_traceback(exc)}
         return self.info()
 
     async def _initialize(self) -> None:
+        open_replica_sink(self.context, self.logging_config)  # its logs and prints, from the constructor on
         loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.max_ongoing)
         self._idle = asyncio.Event()
@@ -232,6 +236,7 @@ class ReplicaActor:
         del servable
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        close_sink(self.replica_id)
 
     # ---- requests (worker plugin -> direct calls) ----
     def _method(self, name: str) -> Tuple[Callable, str]:
@@ -273,19 +278,21 @@ class ReplicaActor:
             return StreamingResponse(fn(*args) if kind == _ASYNC_GEN else iterate_in_threadpool(fn(*args)))
         return self._run_sync(functools.partial(fn, *args))
 
-    def _enter(self, ctx: Optional[WireContext]) -> float:
+    def _enter(self, ctx: Optional[WireContext]) -> tuple:
+        """Count the request in and enter its context; the tokens undo it in ``_exit`` (a
+        caller in this process, e.g. a proxy, must not stay in this replica's context)."""
         self.ongoing += 1
         self._idle.clear()
-        _current_replica.set(self.context)
-        _request_context.set(RequestContext.from_wire(ctx))
-        return time.perf_counter()
+        tokens = (_current_replica.set(self.context), _request_context.set(RequestContext.from_wire(ctx)))
+        return time.perf_counter(), tokens
 
-    def _exit(self, ctx: Optional[WireContext], started: float, failed: bool) -> None:
+    def _exit(self, ctx: Optional[WireContext], entered: tuple, failed: bool) -> None:
         self.ongoing -= 1
         if self.ongoing == 0:
             self._idle.set()
+        restore_context(entered[1])
         if self.metrics is not None:
-            self.metrics.record(ctx.get("route", "") if ctx else "", started, failed)
+            self.metrics.record(ctx.get("route", "") if ctx else "", entered[0], failed)
 
     async def call(self, method: str, args: tuple, kwargs: dict, ctx: Optional[WireContext]) -> Any:
         """Run one unary request (in its own task, started by the transport)."""

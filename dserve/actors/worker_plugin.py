@@ -2,9 +2,11 @@
 
 The controller installs it on all workers (present and future). It registers
 the transport's ``dserve_mux`` comm handler (callers reach any replica on this
-worker through it), marks the process as a dserve worker, and pushes the
-running-request count of its replicas to the controller for autoscaling, with
-their request totals when they changed (the Serve page's rates and latencies).
+worker through it) and the ``dserve_worker_logs`` handler (the log lines of its
+replicas and proxy, for ``dserve logs``), marks the process as a dserve worker,
+and pushes the running-request count of its replicas to the controller for
+autoscaling, with their request totals when they changed (the Serve page's
+rates and latencies).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..config import METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from ..event_loop import set_process_worker
+from ..logs import read as read_logs
 from ..routing.transport import serve_mux
-from ..wire import MUX_OP
+from ..wire import LOGS_OP, MUX_OP
 from .replica import ReplicaActor
 
 __all__ = ["DServeWorkerPlugin", "PLUGIN_NAME"]
@@ -37,10 +40,12 @@ class DServeWorkerPlugin(WorkerPlugin):
         self.worker = worker
         set_process_worker(worker)
         worker.handlers[MUX_OP] = self.mux
+        worker.handlers[LOGS_OP] = read_logs
         self.reporter = asyncio.ensure_future(self._report_load())
 
     async def teardown(self, worker: Any) -> None:
         worker.handlers.pop(MUX_OP, None)
+        worker.handlers.pop(LOGS_OP, None)
         self.reporter.cancel()
 
     async def mux(self, comm: Any) -> None:

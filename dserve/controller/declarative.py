@@ -68,6 +68,8 @@ class DeclarativeDeployer:
             proxy_options["proxy_location"] = schema.proxy_location
         if "grpc_options" in schema.model_fields_set:
             proxy_options["grpc_options"] = schema.grpc_options.model_dump(exclude_unset=True)
+        if schema.logging_config is not None:
+            proxy_options["logging_config"] = schema.logging_config.model_dump()
         if proxy_options:
             await self.controller.service.start(proxy_options, wait=False)
         wanted = {a.name for a in schema.applications}

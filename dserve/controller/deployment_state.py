@@ -87,7 +87,8 @@ class DeploymentState:
     def run_version(self) -> str:
         """Replicas built from another version are replaced (rolling update)."""
         c = self.spec.config
-        return f"{self.spec.code_version}:{c.max_ongoing_requests}:{c.ray_actor_options.model_dump_json()}"
+        version = f"{self.spec.code_version}:{c.max_ongoing_requests}:{c.ray_actor_options.model_dump_json()}"
+        return version if c.logging_config is None else f"{version}:{c.logging_config.model_dump_json()}"
 
     # ---- routing table ----
     def running(self) -> List[ReplicaRecord]:

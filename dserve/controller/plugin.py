@@ -62,7 +62,7 @@ logger = logging.getLogger("dserve.controller")
 RPC_HANDLERS = {
     f"dserve_{name}": name
     for name in ("ping", "start", "deploy", "deploy_config", "wait", "delete", "shutdown", "status",
-                 "app_info", "report_running", "report_queued", "report_models", "listen")
+                 "app_info", "report_running", "report_queued", "report_models", "listen", "logs")
 }
 
 
@@ -239,9 +239,10 @@ class Controller(SchedulerPlugin):
 
     @staticmethod
     def _check_worker_ttl(scheduler: "Scheduler") -> None:
+        """A hint, at info level: on a LocalCluster (where workers die loudly) it never matters."""
         ttl = getattr(scheduler, "worker_ttl", None)
         if not ttl or ttl > 60:
-            logger.warning(
+            logger.info(
                 "dserve: distributed.scheduler.worker-ttl is %s; a silently lost worker goes unnoticed that long. "
                 "30s is recommended for serving (DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=30s).", ttl or "unset")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
 from ..types import ReplicaSetSnapshot, RouteTable
 from ..wire import ROUTES_KEY
@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 __all__ = ["Publisher"]
 
 
+def _access_log(app: Any) -> bool:
+    """Whether the application's ingress deployment keeps the proxy's access log on."""
+    ingress = next((d for d in app.spec.deployments if d.name == app.ingress), None)
+    config = ingress.config.logging_config if ingress is not None else None
+    return config is None or config.enable_access_log
+
+
 class Publisher:
     """Versions, the change event and the long poll over the goal store."""
 
@@ -28,7 +35,7 @@ class Publisher:
         self.store = store
         self._versions = itertools.count(1)
         self._changed = asyncio.Event()
-        self._routes: RouteTable = {"version": 0, "routes": {}, "apps": {}}
+        self._routes: RouteTable = {"version": 0, "routes": {}, "apps": {}, "logging": {}, "access_log_off": []}
 
     def next_version(self) -> int:
         return next(self._versions)
@@ -39,12 +46,18 @@ class Publisher:
         event.set()
 
     def route_table(self) -> RouteTable:
-        """Route prefix → (application, ingress) for the proxies; a new version when it changes."""
+        """Route prefix → (application, ingress) for the proxies, with their logging config and
+        the applications whose ingress turned the access log off; a new version when it changes."""
         live = [(name, app) for name, app in self.store.apps.items() if app.ingress and not app.deleting]
         table = {app.route_prefix: {"app": name, "ingress": app.ingress} for name, app in live if app.route_prefix}
         apps = {name: app.ingress for name, app in live}
-        if table != self._routes["routes"] or apps != self._routes["apps"]:
-            self._routes = {"version": self.next_version(), "routes": table, "apps": apps}
+        logging_config = dict(self.store.options.get("logging_config") or {})
+        quiet = sorted(name for name, app in live if not _access_log(app))
+        current = self._routes
+        if (table, apps, logging_config, quiet) != (current["routes"], current["apps"], current["logging"],
+                                                    current["access_log_off"]):
+            self._routes = {"version": self.next_version(), "routes": table, "apps": apps, "logging": logging_config,
+                            "access_log_off": quiet}
         return self._routes
 
     def snapshot(self, key: str) -> ReplicaSetSnapshot:

@@ -87,7 +87,9 @@ async def start_replica(dep: "DeploymentState", r: ReplicaRecord) -> None:
     """Create the replica actor on its worker and run its constructor."""
     controller = dep.controller
     spec = dep.spec
-    config = {"max_ongoing_requests": spec.config.max_ongoing_requests, "user_config": spec.config.user_config}
+    logging_config = spec.config.logging_config
+    config = {"max_ongoing_requests": spec.config.max_ongoing_requests, "user_config": spec.config.user_config,
+              "logging_config": logging_config.model_dump() if logging_config is not None else None}
     error: Optional[str] = None
     info: Dict[str, Any] = {}
     try:

@@ -7,14 +7,18 @@ the scheduler's loop.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..config import PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions, validate_name, validate_route_prefix
+from ..config import (LOGS_DEFAULT_TAIL, LOGS_READ_TIMEOUT_S, PROXY_START_WAIT_S, HTTPOptions, ProxyLocation,
+                      gRPCOptions, validate_name, validate_route_prefix)
+from ..logs import merge as merge_logs
 from ..schema import MULTI_APP, ApplicationStatus
 from ..serialization import loads
 from ..spec import ApplicationSpec
 from ..types import ReplicaSetSnapshot
+from ..wire import LOGS_OP
 from .application_state import ApplicationState
 from .autoscaling import policy_import_error
 
@@ -67,6 +71,11 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         controller = self.controller
+        logging_config = options.get("logging_config")
+        if logging_config is not None and logging_config != controller.options.get("logging_config"):
+            controller.options["logging_config"] = dict(logging_config)  # the proxies follow the route table
+            self._store.checkpoint()
+            controller.publisher.notify_change()
         if {"http_options", "proxy_location", "grpc_options"} & set(options):
             async with controller.proxies.lock:  # concurrent starts apply one after the other, whole
                 merged = {**controller.options, **options}
@@ -209,6 +218,19 @@ class ControllerService:
         app = self._store.apps.get(app_name)
         dep = app.deployments.get(dep_name) if app is not None else None
         return dep.report_models(replica_id, model_ids) if dep is not None else False
+
+    async def logs(self, app: Optional[str] = None, deployment: Optional[str] = None,
+                   tail: Optional[int] = LOGS_DEFAULT_TAIL, cursor: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+        """Log lines of the replicas (and proxies) from every worker's rings, oldest first: the
+        last ``tail``, or the ones after ``cursor`` (returned by the previous call)."""
+        scheduler = self.controller.scheduler
+        msg = {"op": LOGS_OP, "app": app, "deployment": deployment, "tail": tail, "cursor": cursor}
+        try:
+            replies = await asyncio.wait_for(
+                scheduler.broadcast(msg=msg, workers=list(scheduler.workers), on_error="ignore"), LOGS_READ_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return {"error": f"the workers did not answer within {LOGS_READ_TIMEOUT_S}s"}
+        return merge_logs(replies.values(), tail, cursor)
 
     async def listen(self, versions: Dict[str, int], timeout: float = 20.0) -> Dict[str, ReplicaSetSnapshot]:
         """Long poll: the replica sets (and route table) whose version differs from the caller's."""

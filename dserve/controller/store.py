@@ -66,8 +66,8 @@ class GoalStore:
         """Load the state file, if any, creating each application with ``make_app``."""
         path = self.state_path
         if not path:
-            if not self.options.get("embedded"):
-                logger.warning("dserve: no state path set (--dserve-state-path, dask config dserve.state-path or "
+            if not self.options.get("embedded"):  # info: most clusters are not meant to outlive a restart
+                logger.info("dserve: no state path set (--dserve-state-path, dask config dserve.state-path or "
                                "DSERVE_STATE_PATH); applications live in memory only and a scheduler restart "
                                "loses them")
             return

@@ -64,6 +64,8 @@ class HTTPProxy:
         self.routes: List[Tuple[str, str, str]] = []  # (prefix, app, ingress), longest prefix first
         self.routes_populated = False
         self.draining = False
+        self.access_log = True  # the proxies' LoggingConfig.enable_access_log ...
+        self.access_log_off: frozenset = frozenset()  # ... and the applications whose ingress turned it off
 
     def readiness(self) -> Optional[str]:
         """Why this proxy should not get traffic now (None: ready)."""
@@ -75,8 +77,13 @@ class HTTPProxy:
             return "Route table is not populated yet."
         return None
 
+    def access_log_enabled(self, application: str) -> bool:
+        return self.access_log and application not in self.access_log_off
+
     def update_routes(self, snapshot: RouteTable) -> None:
         self.routes_populated = True
+        self.access_log = (snapshot.get("logging") or {}).get("enable_access_log", True)
+        self.access_log_off = frozenset(snapshot.get("access_log_off", ()))
         table = snapshot.get("routes", {})
         self.routes = sorted(
             ((prefix, v["app"], v["ingress"]) for prefix, v in table.items()),

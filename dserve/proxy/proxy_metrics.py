@@ -1,4 +1,4 @@
-"""The proxies' request metrics (Ray Serve's names), recorded around the proxy app.
+"""The proxies' request metrics (Ray Serve's names) and access log, recorded around the proxy app.
 
 ``HTTPMetrics`` wraps the HTTP proxy's ASGI app: per request it counts
 ``serve_num_http_requests`` (route, method, application, status_code), errors
@@ -7,9 +7,16 @@ application), observes ``serve_http_request_latency_ms`` and keeps
 ``serve_num_ongoing_http_requests`` (node_id, node_ip_address). ``GRPCMetrics`` is
 the same for the gRPC proxy, fed by it. A request whose client went away before a
 response started is counted with status 499.
+
+The access log is one ``dserve.access`` record per HTTP request (``GET / 200
+1.2ms``, with its request id, application and route), as Ray Serve's; kept in the
+proxy's log (``dserve logs``, ``logs_dir``) but not sent to the terminal. Whether it
+is on is asked per request (``access_log(application)``), so it follows the
+route table.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Optional, Tuple
 
@@ -17,9 +24,29 @@ from ..metrics import table
 from ..types import ASGIApp, Message, Receive, Scope, Send
 from .http_proxy import strip_root_path
 
-__all__ = ["ProtocolMetrics", "HTTPMetrics"]
+__all__ = ["ProtocolMetrics", "HTTPMetrics", "access_logger"]
 
 Matcher = Callable[[str], Optional[Tuple[str, str, str]]]
+
+access_logger = logging.getLogger("dserve.access")
+access_logger.setLevel(logging.INFO)  # on unless the proxy's log_level is above INFO
+
+
+def log_access(method: str, route: str, status: int, latency_ms: float, request_id: str, application: str,
+               prefix: str) -> None:
+    """One access line (made here: no caller lookup on the request path)."""
+    record = access_logger.makeRecord(access_logger.name, logging.INFO, __file__, 0, "%s %s %s %.1fms",
+                                      (method, route, status, latency_ms), None, extra={
+                                          "request_id": request_id, "application": application, "route": prefix,
+                                          "log_to_stderr": False})
+    access_logger.handle(record)
+
+
+def _request_id(headers: list) -> str:
+    for name, value in reversed(headers):  # the proxy appends it last
+        if name == b"x-request-id":
+            return value.decode("latin-1")
+    return ""
 
 
 class ProtocolMetrics:
@@ -45,36 +72,43 @@ class ProtocolMetrics:
         self.ongoing.add(self.node, 1)
         return time.perf_counter()
 
-    def finished(self, started: float, route: str, method: str, application: str, status: str, error: bool) -> None:
+    def finished(self, started: float, route: str, method: str, application: str, status: str, error: bool,
+                 latency_ms: Optional[float] = None) -> None:
         self.ongoing.add(self.node, -1)
         self.requests.inc((route, method, application, status))
-        self.latency.observe((method, route, application, status), (time.perf_counter() - started) * 1000.0)
+        if latency_ms is None:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+        self.latency.observe((method, route, application, status), latency_ms)
         if error:
             self.errors.inc((route, status, method, application))
 
 
 class HTTPMetrics:
-    """ASGI wrapper recording every HTTP request the proxy answers."""
+    """ASGI wrapper recording every HTTP request the proxy answers: metrics (unless off)
+    and the access log (when ``access_log(application)`` says so)."""
 
-    def __init__(self, app: ASGIApp, match: Matcher, root_path: str, node_id: str, node_ip: str) -> None:
+    def __init__(self, app: ASGIApp, match: Matcher, root_path: str, node_id: str, node_ip: str,
+                 record_metrics: bool = True, access_log: Callable[[str], bool] = lambda app: False) -> None:
         self.app = app
         self.match = match
         self.root_path = root_path.rstrip("/")
-        self.metrics = ProtocolMetrics("http", node_id, node_ip)
+        self.metrics = ProtocolMetrics("http", node_id, node_ip) if record_metrics else None
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 0
+        headers: list = []
 
         async def recording_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, headers
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, headers = message["status"], message.get("headers", headers)
             await send(message)
 
-        started = self.metrics.started()
+        started = self.metrics.started() if self.metrics is not None else time.perf_counter()
         try:
             await self.app(scope, receive, recording_send)
         finally:
@@ -83,4 +117,8 @@ class HTTPMetrics:
             route = self.match(path) if not path.startswith("/-/") else None
             prefix, application = (route[0], route[1]) if route is not None else (path if path.startswith("/-/") else "", "")
             code = status or 499
-            self.metrics.finished(started, prefix, scope["method"], application, str(code), code >= 400)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            if self.metrics is not None:
+                self.metrics.finished(started, prefix, scope["method"], application, str(code), code >= 400, latency_ms)
+            if self.access_log(application) and access_logger.isEnabledFor(logging.INFO):
+                log_access(scope["method"], prefix or path, code, latency_ms, _request_id(headers), application, prefix)

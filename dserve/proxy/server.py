@@ -23,7 +23,8 @@ from typing import Any, Dict, Optional
 from distributed.comm import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..config import HTTPOptions, gRPCOptions
+from ..config import HTTPOptions, LoggingConfig, gRPCOptions
+from ..logs import close_sink, open_sink, reconfigure_sink
 from ..metrics import enabled as metrics_enabled
 from ..runtime import get_runtime
 from ..types import ASGIApp, RouteTable
@@ -65,10 +66,16 @@ class ProxyServer:
         self.grpc_port: Optional[int] = None
         self.grpc_error: Optional[str] = None
         self._last_routes: RouteTable = {}
+        self.log_key = f"proxy@{self.runtime.local_address}"
+        self._logging: dict = {}
 
     def _on_routes(self, snapshot: RouteTable) -> None:
         self._last_routes = snapshot
         self.app.update_routes(snapshot)
+        logging_config = snapshot.get("logging") or {}
+        if logging_config != self._logging:
+            self._logging = logging_config
+            reconfigure_sink(self.log_key, LoggingConfig(**logging_config))
         if self.grpc is not None:
             self.grpc.update_routes(snapshot)
 
@@ -77,15 +84,17 @@ class ProxyServer:
         return self.server.task if self.server is not None else None
 
     def _served_app(self) -> ASGIApp:
-        """The proxy app, wrapped to record request metrics unless they are off."""
-        if not metrics_enabled():
-            return self.app
+        """The proxy app, wrapped to record request metrics (unless they are off) and the access log."""
         host = self.runtime.local_address or ""
-        return HTTPMetrics(self.app, self.app.match, self.options.root_path, host, get_address_host(host) if host else "")
+        node_ip = get_address_host(host) if host else ""
+        return HTTPMetrics(self.app, self.app.match, self.options.root_path, host, node_ip, metrics_enabled(),
+                           self.app.access_log_enabled)
 
     async def start(self) -> None:
         """Start HTTP (its failure raises), then gRPC (its failure is kept in ``grpc_error``)."""
         o = self.options
+        file_name = "proxy_" + get_address_host(self.runtime.local_address or "local").replace(":", "_") + ".log"
+        open_sink(self.log_key, "ProxyActor", file_name=file_name, component="proxy")
         protocol = functools.partial(GuardedHttpToolsProtocol, limits=connection_limits(o))
         self.server = EmbeddedServer(config(
             self._served_app(), http=protocol, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
@@ -127,6 +136,7 @@ class ProxyServer:
             await self.grpc.stop(2.0)
         if self.server is not None:
             await self.server.stop(timeout)
+        close_sink(self.log_key)
 
 
 class ProxyWorkerPlugin(WorkerPlugin):

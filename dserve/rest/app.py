@@ -2,7 +2,9 @@
 
 V2 (multi-app): ``PUT/GET/DELETE /api/serve/applications/``.
 V1 (single-app): ``PUT/GET/DELETE /api/serve/deployments/`` and
-``GET /api/serve/deployments/status``. Bad JSON (however deeply nested) or an
+``GET /api/serve/deployments/status``. ``GET /api/serve/logs?app=&deployment=&tail=``
+(or ``&cursor=`` from the previous answer, to follow) reads the replicas' and
+proxies' log lines (see ``logs``). Bad JSON (however deeply nested) or an
 invalid config is a 400 with the validation errors; a body over
 ``REST_MAX_BODY_BYTES`` is a 413; with a token (the default, see ``auth``),
 every request without ``Authorization: Bearer <token>`` is a 401.
@@ -19,7 +21,7 @@ from starlette.routing import Route
 
 from .._version import __version__
 from ..auth import HOW_TO_SUPPLY, token_matches
-from ..config import REST_MAX_BODY_BYTES
+from ..config import LOGS_DEFAULT_TAIL, REST_MAX_BODY_BYTES
 from ..schema import MULTI_APP, SINGLE_APP
 from ..types import Receive, Scope, Send
 from .details import instance_details, v1_status
@@ -85,6 +87,19 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
     async def get_status(request: Request) -> Response:
         return JSONResponse(v1_status(controller))
 
+    async def get_logs(request: Request) -> Response:
+        q = request.query_params
+        try:
+            tail = int(q["tail"]) if q.get("tail") else LOGS_DEFAULT_TAIL
+            cursor = json.loads(q["cursor"]) if q.get("cursor") else None
+            if cursor is not None and not (isinstance(cursor, dict)
+                                           and all(isinstance(v, int) for v in cursor.values())):
+                raise ValueError("cursor must be the JSON object a previous answer returned")
+        except ValueError as exc:
+            return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+        result = await controller.service.logs(q.get("app") or None, q.get("deployment") or None, tail, cursor)
+        return JSONResponse(result, status_code=503 if "error" in result else 200)
+
     async def version(request: Request) -> Response:
         return JSONResponse({"version": "1", "dserve_version": __version__})
 
@@ -96,6 +111,7 @@ def create_app(controller: Any, token: Optional[str] = None) -> Starlette:
         routes += [Route(path, put_deployments, methods=["PUT"]), Route(path, get_deployments, methods=["GET"]),
                    Route(path, delete_all, methods=["DELETE"])]
     routes += [Route("/api/serve/deployments/status", get_status, methods=["GET"]),
+               Route("/api/serve/logs", get_logs, methods=["GET"]),
                Route("/api/version", version, methods=["GET"])]
     app = Starlette(routes=routes)
     if not token:
