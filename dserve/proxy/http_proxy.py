@@ -116,7 +116,9 @@ class HTTPProxy:
                 return
         route = self.match(path)
         if route is None:
-            if kind == "http":
+            if kind == "http" and not self.routes_populated:  # just started: the route table is on its way
+                await _send_plain(send, 503, "This proxy is starting; its route table has not arrived yet.")
+            elif kind == "http":
                 await _send_plain(send, 404, f"Path '{path}' not found. Ping http://.../-/routes for available routes.")
             else:
                 await send({"type": "websocket.close", "code": 1000})
