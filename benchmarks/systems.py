@@ -2,7 +2,7 @@
 
 ``bare``: uvicorn + Starlette in a subprocess (the HTTP limit of this stack).
 ``dserve``: the embedded cluster, one no-op deployment behind the proxy.
-``dserve-nometrics``: the same with metrics turned off.
+``dserve-nometrics``: the same with metrics turned off; ``dserve-noaccesslog``: with the access log off.
 ``ray``: Ray Serve, when ``ray[serve]`` is installed (``pip install -e ".[bench]"``).
 """
 from __future__ import annotations
@@ -134,6 +134,23 @@ class DServeNoMetrics(DServe):
             self._config.__exit__(None, None, None)
 
 
+class DServeNoAccessLog(DServe):
+    """dserve with the proxies' access log off (``logging_config={"enable_access_log": False}``)."""
+
+    name = "dserve-noaccesslog"
+
+    def start(self) -> None:
+        import dserve as serve
+
+        from . import apps
+
+        self.serve, self.apps = serve, apps
+        self.port = free_port()
+        t0 = time.monotonic()
+        serve.start(http_options={"port": self.port}, logging_config={"enable_access_log": False})
+        self.cluster_start_s = time.monotonic() - t0
+
+
 class Ray(_ServeAPI):
     name = "ray"
 
@@ -167,4 +184,5 @@ class Ray(_ServeAPI):
 
 
 SYSTEMS: dict[str, Callable[[], Any]] = {"bare": Bare, "dserve": DServe, "dserve-nometrics": DServeNoMetrics,
+                                         "dserve-noaccesslog": DServeNoAccessLog,
                                          "ray": Ray}
