@@ -91,10 +91,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--out", default="embeddings.parquet")
     parser.add_argument("--address", default=None, help="scheduler of a running Dask cluster")
     args = parser.parse_args(argv)
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = None if args.address else LocalCluster(n_workers=2, threads_per_worker=4, host="127.0.0.1",
-                                                     dashboard_address="127.0.0.1:0")
+    cluster = None
+    if not args.address:
+        with dask.config.set({"distributed.scheduler.worker-ttl": "30s"}):  # as dserve recommends for serving
+            cluster = LocalCluster(n_workers=2, threads_per_worker=4, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0")
     client = Client(args.address or cluster)
     try:
         serve.start(address=client.scheduler.address)
