@@ -17,7 +17,7 @@ import dserve as serve
 from dserve.dask_map import RETRIES_METRIC
 from dserve.exceptions import BackPressureError
 
-from conftest import HTTPLoad, proxy_url
+from conftest import HTTPLoad, proxy_url, wait_for
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=16)
@@ -137,6 +137,7 @@ def test_runs_while_http_traffic_is_served(client, rows):
     serve.run(Hello.bind(), name="hello", route_prefix="/hello")
     load = HTTPLoad(f"{proxy_url()}/hello", threads=2)
     try:
+        wait_for(lambda: load.ok > 0, timeout=60, what="HTTP traffic flowing")
         before = load.ok
         bag = db.from_sequence(range(400), npartitions=8)
         result = client.compute(serve.map_partitions(rows.squares, bag, batch_size=5)).result(timeout=180)
