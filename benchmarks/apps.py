@@ -76,4 +76,8 @@ def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
                     return item
 
         return Model.bind()
+    if kind == "embeddings":  # a real model: examples/embeddings (see benchmarks/embeddings.py)
+        from .embeddings import build as build_embeddings
+
+        return build_embeddings(serve)
     raise ValueError(kind)

@@ -1,5 +1,6 @@
 """HTTP load generators: wrk when installed (Debian package ``wrk``), else a
-small asyncio keep-alive client. Both drive a fixed duration on 127.0.0.1."""
+small asyncio keep-alive client. Both drive a fixed duration on 127.0.0.1.
+``post_load`` sends a fixed JSON body (asyncio client only)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,10 +9,10 @@ import shutil
 import statistics
 import subprocess
 import time
-from typing import Dict
+from typing import Dict, Optional
 from urllib.parse import urlsplit
 
-__all__ = ["http_load", "generator_name"]
+__all__ = ["http_load", "post_load", "generator_name"]
 
 
 def generator_name() -> str:
@@ -42,9 +43,13 @@ def _wrk(url: str, connections: int, seconds: float) -> Dict[str, float]:
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors, "requests": total}
 
 
-async def _client(url: str, connections: int, seconds: float) -> Dict[str, float]:
+async def _client(url: str, connections: int, seconds: float, body: Optional[bytes] = None) -> Dict[str, float]:
     parts = urlsplit(url)
-    request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n\r\n".encode()
+    if body is None:
+        request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n\r\n".encode()
+    else:
+        request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     latencies: list = []
     errors = 0
     deadline = time.monotonic() + seconds
@@ -80,3 +85,8 @@ def http_load(url: str, connections: int, seconds: float) -> Dict[str, float]:
     if shutil.which("wrk"):
         return _wrk(url, connections, seconds)
     return asyncio.run(_client(url, connections, seconds))
+
+
+def post_load(url: str, body: bytes, connections: int, seconds: float) -> Dict[str, float]:
+    """``connections`` keep-alive clients POSTing ``body`` (JSON) back to back for ``seconds``."""
+    return asyncio.run(_client(url, connections, seconds, body))

@@ -2,6 +2,7 @@
 
     python -m benchmarks                       # dserve and the bare-uvicorn baseline
     python -m benchmarks --systems dserve,ray,bare --rounds 3 --seconds 5
+    python -m benchmarks --systems dserve --scenarios embeddings --rounds 1   # a real model (opt-in)
 
 Each measurement prints one JSON line; a table of medians and ratios follows.
 Loads are bounded in time and sent only to 127.0.0.1.
@@ -256,7 +257,9 @@ def main() -> None:
     parser.add_argument("--systems", default="dserve,bare,ray")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="startup,http,compose,handle,stream,batch,autoscale,soak,memory,grpc")
+    parser.add_argument("--scenarios", default="startup,http,compose,handle,stream,batch,autoscale,soak,memory,grpc",
+                        help="comma-separated; `embeddings` (a real model, examples/embeddings) is opt-in")
+    parser.add_argument("--embed-texts", type=int, default=20_000, help="texts in the offline embeddings run")
     args = parser.parse_args()
     wanted = args.scenarios.split(",")
     systems = []
@@ -279,6 +282,10 @@ def main() -> None:
     for key, scenario in simple.items():
         if key in wanted:
             plan.append(lambda x, f=scenario: f(x, s))
+    if "embeddings" in wanted:
+        from . import embeddings
+
+        plan.append(lambda x: embeddings.scenario(x, s, emit, texts=args.embed_texts))
     # systems run one at a time (they share 2 cores); scenarios interleave A B A B across rounds
     for _ in range(args.rounds):
         for sys_ in systems:

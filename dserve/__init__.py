@@ -18,6 +18,7 @@ from .exceptions import (
     RequestCancelledError,
 )
 from .batching import batch
+from .dask_map import map_partitions
 from .ingress import ingress
 from .multiplex import get_multiplexed_model_id, multiplexed
 from .preload import dask_setup
@@ -61,6 +62,7 @@ __all__ = [
     "get_replica_context",
     "handle",
     "ingress",
+    "map_partitions",
     "multiplexed",
     "run",
     "schema",
