@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import time
 from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from ..config import (LOG_FILE_BACKUP_COUNT, LOG_FILE_MAX_BYTES, LOG_RING_LINES, LOG_RINGS_KEPT_STOPPED,
@@ -51,9 +52,10 @@ class LogRing:
             self.entries.append((self.last, created, app, deployment, line))
 
     def after(self, seq: int) -> Tuple[List[Entry], int]:
-        """The entries numbered above ``seq``, and the last number."""
+        """The entries numbered above ``seq``, and the last number (lazy lines formatted now)."""
         with self._lock:
-            return ([e for e in self.entries if e[0] > seq] if seq < self.last else []), self.last
+            entries = [e for e in self.entries if e[0] > seq] if seq < self.last else []
+            return [e if type(e[4]) is str else e[:4] + (str(e[4]),) for e in entries], self.last
 
 
 class Sink:
@@ -141,6 +143,35 @@ _stopped: "collections.OrderedDict[str, Sink]" = collections.OrderedDict()
 _proxy_key: Optional[str] = None
 _original: Tuple[Any, Any] = (None, None)  # sys.stdout, sys.stderr as they were before capture
 _root_level: Optional[int] = None  # the root logger's level before the first sink
+
+
+class AccessLine:
+    """An access-log line kept as its parts and formatted only when read (the request path
+    pays a tuple, not a log record), in TEXT encoding's layout."""
+
+    __slots__ = ("created", "parts")
+
+    def __init__(self, created: float, method: str, route: str, status: int, latency_ms: float,
+                 request_id: str) -> None:
+        self.created, self.parts = created, (method, route, status, latency_ms, request_id)
+
+    def __str__(self) -> str:
+        method, route, status, latency_ms, request_id = self.parts
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created))
+        millis = int((self.created % 1) * 1000)
+        return f"INFO {stamp},{millis:03d} proxy {request_id} -- {method} {route} {status} {latency_ms:.1f}ms"
+
+
+def fast_access_sink() -> Optional[Sink]:
+    """The proxy's sink when an access line can go straight to its ring: TEXT encoding, no
+    extra attributes, no file, INFO logged. ``None``: log a record the usual way."""
+    sink = _sinks.get(_proxy_key) if _proxy_key is not None else None
+    if sink is None or sink.file is not None or sink.level > logging.INFO:
+        return None
+    formatter = sink.formatter
+    if type(formatter).__name__ != "TextFormatter" or formatter.additional:
+        return None
+    return sink
 
 
 def _sink_for(logger_name: Optional[str] = None) -> Optional[Sink]:
