@@ -29,6 +29,7 @@ __all__ = [
     "validate_num_replicas",
     "validate_route_prefix",
     "MAX_NAME_LENGTH",
+    "MAX_REPLICAS_PER_DEPLOYMENT",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
@@ -42,8 +43,13 @@ REST_MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger REST request body is a 413
 LONG_POLL_TIMEOUT_S = 20.0  # a router's long poll returns at least this often
 METRICS_PUSH_PERIOD_S = 0.5  # replicas and routers report load this often
 RECONCILE_TICK_S = 0.5  # the controller reconciles at least this often
+RECONCILE_MIN_GAP_S = 0.02  # wake-ups within this long after a reconcile step coalesce into the next one
+RECONCILE_GAP_FACTOR = 3.0  # ... or within this many times the step's duration (the loop's share stays <= 1/4)
 RECONCILE_BACKOFF_MAX_S = 30.0  # a deployment whose step keeps failing is retried at least this often
 CONTROL_CALL_TIMEOUT_S = 30.0  # controller -> replica calls (reconfigure)
+MAX_REPLICAS_PER_DEPLOYMENT = 2000  # a larger num_replicas / max_replicas is rejected (measured: README "Scale")
+MAX_STARTING_REPLICAS = 100  # a deployment has at most this many replicas starting at once (the rest follow)
+MAX_STOPPING_REPLICAS = 100  # ... and at most this many draining at once
 HEALTH_CHECK_FAILURE_THRESHOLD = 3  # failed checks in a row before a replica is replaced
 POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may take this long
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
@@ -52,10 +58,14 @@ MAX_NAME_LENGTH = 256  # application and deployment names, and route prefixes, a
 DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
 
 
-def validate_num_replicas(value: Any) -> Any:
-    """``num_replicas`` is an int >= 0, "auto" or None."""
+def validate_num_replicas(value: Any, field: str = "num_replicas") -> Any:
+    """``num_replicas`` is an int >= 0 and at most ``MAX_REPLICAS_PER_DEPLOYMENT``,
+    "auto" or None."""
     if isinstance(value, int) and value < 0:
-        raise ValueError("num_replicas must be >= 0")
+        raise ValueError(f"{field} must be >= 0")
+    if isinstance(value, int) and value > MAX_REPLICAS_PER_DEPLOYMENT:
+        raise ValueError(f"{field} must be at most {MAX_REPLICAS_PER_DEPLOYMENT} (dserve's limit per deployment, "
+                         f"see README \"Scale\"), got {value}")
     return value
 
 
@@ -146,6 +156,11 @@ class AutoscalingConfig(_Strict):
     upscale_delay_s: NonNegativeFloat = 30.0
     aggregation_function: Literal["mean", "max", "min"] = "mean"
     policy: Optional[Union[str, Callable[..., Any]]] = None
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_replicas(cls, value: int) -> int:
+        return validate_num_replicas(value, "max_replicas")
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingConfig":

@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..config import PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions, validate_name, validate_route_prefix
+from ..config import (
+    PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions, validate_name, validate_num_replicas,
+    validate_route_prefix,
+)
 from ..schema import MULTI_APP, ApplicationStatus
 from ..serialization import loads
 from ..spec import ApplicationSpec
@@ -95,7 +98,7 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         specs: List[ApplicationSpec] = loads(spec)
-        error = self._check_names(specs) or self._check_routes(specs) or await policy_import_error(
+        error = self._check_specs(specs) or self._check_routes(specs) or await policy_import_error(
             [d for app_spec in specs for d in app_spec.deployments])
         if error:
             return {"error": error}
@@ -110,14 +113,17 @@ class ControllerService:
         return {"ok": True}
 
     @staticmethod
-    def _check_names(specs: List[ApplicationSpec]) -> str:
-        """Names and prefixes follow the rules ``serve.run`` checks (for any client)."""
+    def _check_specs(specs: List[ApplicationSpec]) -> str:
+        """Names, prefixes and replica counts follow the rules ``serve.run`` checks (for any client)."""
         try:
             for s in specs:
                 validate_name(s.name, "application name")
                 validate_route_prefix(s.route_prefix)
                 for d in s.deployments:
                     validate_name(d.name, "deployment name")
+                    validate_num_replicas(d.config.num_replicas)
+                    if d.config.autoscaling_config is not None:
+                        validate_num_replicas(d.config.autoscaling_config.max_replicas, "max_replicas")
         except ValueError as exc:
             return str(exc)
         return ""
