@@ -108,11 +108,13 @@ class ApplicationStatusOverview(BaseModel):
 
 
 class ServeStatus(BaseModel):
-    """What ``serve.status()`` returns: proxies and applications."""
+    """What ``serve.status()`` returns: proxies and applications (Ray Serve's fields), and
+    ``checkpoint_message`` (dserve's, empty unless the state file could not be restored)."""
 
     proxies: Dict[str, ProxyStatus] = Field(default_factory=dict)
     applications: Dict[str, ApplicationStatusOverview] = Field(default_factory=dict)
     target_capacity: Optional[float] = None
+    checkpoint_message: str = ""
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ..spec import ApplicationSpec
 from ..types import ReplicaSetSnapshot
 from .application_state import ApplicationState
 from .autoscaling import policy_import_error
+from .store import PROXY_OPTION_KEYS
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -70,7 +71,7 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         controller = self.controller
-        if {"http_options", "proxy_location", "grpc_options"} & set(options):
+        if set(PROXY_OPTION_KEYS) & set(options):
             merged = {**controller.options, **options}
             for key in ("http_options", "grpc_options"):  # fields not given keep their current values
                 if key in options:
@@ -80,6 +81,8 @@ class ControllerService:
                 await controller.proxies.reconfigure(*settings)
             controller.options.clear()
             controller.options.update(merged)
+            self._store.set_proxy_options({k: merged[k] for k in options if k in PROXY_OPTION_KEYS})
+            self._store.checkpoint()
         controller.reconciler.step()
         deadline = time.monotonic() + (PROXY_START_WAIT_S if wait else 0)
         while time.monotonic() < deadline and controller.proxies.starting:
@@ -185,6 +188,7 @@ class ControllerService:
             "proxy_details": proxies,
             "rest_port": self.controller.rest_port,
             "restored_from_checkpoint": self._store.restored_from_checkpoint,
+            "checkpoint_message": self._store.checkpoint_message,
         }
 
     async def app_info(self, name: str) -> Optional[Dict[str, Any]]:
