@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 import dserve as serve
-from conftest import free_port, proxy_url, wait_for
+from conftest import auth_headers, free_port, proxy_url, wait_for
 
 APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
@@ -22,7 +22,7 @@ def rest():
 
     rt = current_runtime()
     port = _sync(rt, rt.rpc("dserve_status"))["rest_port"]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth_headers()) as client:
         yield client
     serve.shutdown()
 
