@@ -15,7 +15,9 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
-from .validation import MAX_NAME_LENGTH, validate_name, validate_num_replicas, validate_route_prefix  # noqa: F401
+from .validation import (  # noqa: F401 - re-exported: the rules live in validation
+    MAX_NAME_LENGTH, MAX_REPLICAS_PER_DEPLOYMENT, validate_name, validate_num_replicas, validate_route_prefix,
+)
 
 __all__ = [
     "AutoscalingConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "validate_num_replicas",
     "validate_route_prefix",
     "MAX_NAME_LENGTH",
+    "MAX_REPLICAS_PER_DEPLOYMENT",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
@@ -52,8 +55,12 @@ LONG_POLL_TIMEOUT_S = 20.0  # a router's long poll returns at least this often
 LONG_POLL_WARN_AFTER = 10  # failed long polls in a row (~5s) before a warning (a closing cluster fails a few)
 METRICS_PUSH_PERIOD_S = 0.5  # replicas and routers report load this often
 RECONCILE_TICK_S = 0.5  # the controller reconciles at least this often
+RECONCILE_MIN_GAP_S = 0.02  # wake-ups within this long after a reconcile step coalesce into the next one
+RECONCILE_GAP_FACTOR = 3.0  # ... or within this many times the step's duration (the loop's share stays <= 1/4)
 RECONCILE_BACKOFF_MAX_S = 30.0  # a deployment whose step keeps failing is retried at least this often
 CONTROL_CALL_TIMEOUT_S = 30.0  # controller -> replica calls (reconfigure)
+MAX_STARTING_REPLICAS = 100  # a deployment has at most this many replicas starting at once (the rest follow)
+MAX_STOPPING_REPLICAS = 100  # ... and at most this many draining at once
 HEALTH_CHECK_FAILURE_THRESHOLD = 3  # failed checks in a row before a replica is replaced
 POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may take this long
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
@@ -192,6 +199,11 @@ class AutoscalingConfig(_Strict):
     upscale_delay_s: NonNegativeFloat = 30.0
     aggregation_function: Literal["mean", "max", "min"] = "mean"
     policy: Optional[Union[str, Callable[..., Any]]] = None
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_replicas(cls, value: int) -> int:
+        return validate_num_replicas(value, "max_replicas")
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingConfig":

@@ -101,6 +101,7 @@ class ServeStatus(BaseModel):
     proxies: Dict[str, ProxyStatus] = Field(default_factory=dict)
     applications: Dict[str, ApplicationStatusOverview] = Field(default_factory=dict)
     target_capacity: Optional[float] = None
+    checkpoint_message: str = ""  # dserve's: empty unless the state file could not be restored
 
     def _repr_html_(self) -> str:
         from .status_view import status_html

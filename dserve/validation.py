@@ -1,4 +1,5 @@
-"""Rules for user-given names and route prefixes (Ray Serve's, plus what dserve's keys need).
+"""Rules for user-given names, route prefixes and replica counts (Ray Serve's, plus what
+dserve's keys and limits need).
 
 ``dserve.config`` re-exports them; they live apart so that the rules read in one place.
 """
@@ -7,15 +8,21 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Optional
 
-__all__ = ["MAX_NAME_LENGTH", "validate_num_replicas", "validate_name", "validate_route_prefix"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_REPLICAS_PER_DEPLOYMENT", "validate_num_replicas", "validate_name",
+           "validate_route_prefix"]
 
 MAX_NAME_LENGTH = 256  # application and deployment names, and route prefixes, are at most this long
+MAX_REPLICAS_PER_DEPLOYMENT = 2000  # a larger num_replicas / max_replicas is rejected (measured: README "Scale")
 
 
-def validate_num_replicas(value: Any) -> Any:
-    """``num_replicas`` is an int >= 0, "auto" or None."""
+def validate_num_replicas(value: Any, field: str = "num_replicas") -> Any:
+    """``num_replicas`` is an int >= 0 and at most ``MAX_REPLICAS_PER_DEPLOYMENT``,
+    "auto" or None."""
     if isinstance(value, int) and value < 0:
-        raise ValueError("num_replicas must be >= 0")
+        raise ValueError(f"{field} must be >= 0")
+    if isinstance(value, int) and value > MAX_REPLICAS_PER_DEPLOYMENT:
+        raise ValueError(f"{field} must be at most {MAX_REPLICAS_PER_DEPLOYMENT} (dserve's limit per deployment, "
+                         f"see README \"Scale\"), got {value}")
     return value
 
 

@@ -32,7 +32,7 @@ from typing import Any, List, Optional
 import msgpack
 
 __all__ = [
-    "MUX_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY", "LOGS_OP",
+    "MUX_OP", "HEALTH_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY", "LOGS_OP",
     "ID", "KEY", "METHOD", "PAYLOAD", "CONTEXT", "KIND", "STREAM", "WEBSOCKET", "EVENT", "CANCEL",
     "RESULT", "ITEM", "DONE", "ERROR", "GONE", "CREDIT",
     "decode", "LastItem", "Coalescer", "Inbox", "Credit",
@@ -41,6 +41,7 @@ __all__ = [
 logger = logging.getLogger("dserve.wire")
 
 MUX_OP = "dserve_mux"  # the worker comm handler that serves multiplexed calls
+HEALTH_OP = "dserve_health_check"  # the worker handler that runs health checks of replicas there
 HTTP_METHOD = "__dserve_http__"
 GRPC_METHOD = "__dserve_grpc__"
 ROUTES_KEY = "__routes__"

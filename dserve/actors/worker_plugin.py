@@ -4,15 +4,17 @@ The controller installs it on all workers (present and future). It registers
 the transport's ``dserve_mux`` comm handler (callers reach any replica on this
 worker through it) and the ``dserve_worker_logs`` handler (the log lines of its
 replicas and proxy, for ``dserve logs``), marks the process as a dserve worker,
-and pushes the running-request count of its replicas to the controller for
-autoscaling, with their request totals when they changed (the Serve page's
-rates and latencies).
+pushes the running-request count of its replicas to the controller for
+autoscaling, with their request totals when they changed (the Serve page's rates
+and latencies), and runs the health checks the controller asks for, all of one
+worker's in one call (``dserve_health_check``), so the controller's check traffic
+is per worker, not per replica.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -20,7 +22,7 @@ from ..config import METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from ..event_loop import set_process_worker
 from ..logs import read as read_logs
 from ..routing.transport import serve_mux
-from ..wire import LOGS_OP, MUX_OP
+from ..wire import HEALTH_OP, LOGS_OP, MUX_OP
 from .replica import ReplicaActor
 
 __all__ = ["DServeWorkerPlugin", "PLUGIN_NAME"]
@@ -41,16 +43,34 @@ class DServeWorkerPlugin(WorkerPlugin):
         set_process_worker(worker)
         worker.handlers[MUX_OP] = self.mux
         worker.handlers[LOGS_OP] = read_logs
+        worker.handlers[HEALTH_OP] = self.health_check
         self.reporter = asyncio.ensure_future(self._report_load())
 
     async def teardown(self, worker: Any) -> None:
         worker.handlers.pop(MUX_OP, None)
         worker.handlers.pop(LOGS_OP, None)
+        worker.handlers.pop(HEALTH_OP, None)
         self.reporter.cancel()
 
     async def mux(self, comm: Any) -> None:
         """The ``dserve_mux`` handler: one caller's connection (see ``routing.transport``)."""
         await serve_mux(comm, self.worker.state.actors)
+
+    async def health_check(self, keys: List[str], timeout: float) -> Dict[str, Optional[str]]:
+        """Run ``check_health`` of the replicas with these actor keys, each bounded by
+        ``timeout``; ``None`` for a healthy one, else why not."""
+        async def one(key: str) -> Optional[str]:
+            replica = self.worker.state.actors.get(key)
+            if not isinstance(replica, ReplicaActor):
+                return f"the replica {key} is not on worker {self.worker.address}"
+            try:
+                await asyncio.wait_for(replica.check_health(), timeout)
+            except Exception as exc:  # noqa: BLE001 - reported to the controller, which decides
+                return repr(exc)
+            return None
+
+        results = await asyncio.gather(*(one(key) for key in keys))
+        return dict(zip(keys, results))
 
     async def _report_load(self) -> None:
         """Push the running-request count of every replica here to the controller, and

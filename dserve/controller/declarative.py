@@ -5,7 +5,8 @@ unchanged is left alone; a new or changed one is built from its import path
 in a task on a Dask worker (after its runtime_env is applied) and then
 updated in place: new code rolls, a new ``user_config`` reconfigures, counts
 scale. A failed build leaves that application DEPLOY_FAILED with the
-traceback, while every other application keeps serving.
+traceback, while every other application keeps serving. After a restart,
+``resume`` builds again what had not finished building.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ logger = logging.getLogger("dserve.controller")
 
 
 
+def _parse(config: Dict[str, Any], mode: str) -> ServeDeploySchema:
+    if mode == SINGLE_APP:
+        return ServeDeploySchema(applications=[ServeApplicationSchema.model_validate(config)])
+    return ServeDeploySchema.model_validate(config)
+
+
 def validation_errors(exc: ValidationError) -> List[Dict[str, Any]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
 
@@ -46,11 +53,7 @@ class DeclarativeDeployer:
         """Validate and apply a config; returns at once (builds run in the background).
         ``force`` rebuilds unchanged applications too (``dserve run --reload``)."""
         try:
-            if mode == SINGLE_APP:
-                app = ServeApplicationSchema.model_validate(config)
-                schema = ServeDeploySchema(applications=[app])
-            else:
-                schema = ServeDeploySchema.model_validate(config)
+            schema = _parse(config, mode)
         except ValidationError as exc:
             return {"error": f"invalid config: {exc}", "errors": validation_errors(exc)}
         store = self.controller.store
@@ -78,9 +81,25 @@ class DeclarativeDeployer:
                 app.delete()
         for app_schema in schema.applications:
             self._apply(app_schema, force)
+        store.checkpoint()  # the new config, and the last good version of each app being rebuilt
         self.controller.publisher.notify_change()
         self.controller.reconciler.wake()
         return {"ok": True}
+
+    def resume(self) -> None:
+        """After a restart: build again each application of the last config deploy that
+        does not run its config yet (its build had not finished); a restored one keeps
+        serving its last good version meanwhile."""
+        store = self.controller.store
+        if not store.deployed_config or store.deploy_mode is None:
+            return
+        try:
+            schema = _parse(store.deployed_config, store.deploy_mode)
+        except ValidationError as exc:
+            logger.error("dserve: the restored config is no longer valid; not resuming its builds: %s", exc)
+            return
+        for app_schema in schema.applications:
+            self._apply(app_schema)
 
     def _apply(self, schema: ServeApplicationSchema, force: bool = False) -> None:
         config = schema.model_dump(mode="json")

@@ -19,7 +19,7 @@ from ..types import ReplicaSetSnapshot
 from .status import deployment_status, settle_status
 from .autoscaling import DeploymentScaler
 from .replicas import (
-    ReplicaRecord, check_replica_health, place_replica, reconfigure_replica, start_replica, stop_replica,
+    ReplicaRecord, check_health_on_worker, drain_stopping, reconfigure_replica, start_missing,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class DeploymentState:
         self.version = controller.publisher.next_version()
         self.ever_healthy = False
         self.autoscaler = DeploymentScaler()
+        self._snapshot: Optional[ReplicaSetSnapshot] = None
 
     # ---- goal state ----
     @property
@@ -99,7 +100,11 @@ class DeploymentState:
         self.controller.publisher.notify_change()
 
     def snapshot(self) -> ReplicaSetSnapshot:
-        return {
+        """The replica set routers follow; built once per version (every change publishes)."""
+        cached = self._snapshot
+        if cached is not None and cached["version"] == self.version:
+            return cached
+        self._snapshot = {
             "version": self.version,
             "exists": True,
             "max_queued": self.spec.config.max_queued_requests,
@@ -109,6 +114,7 @@ class DeploymentState:
                 for r in self.running()
             ],
         }
+        return self._snapshot
 
     # ---- autoscaling ----
     @property
@@ -143,6 +149,7 @@ class DeploymentState:
             for r in list(self.replicas.values()):
                 if r.state != ReplicaState.STOPPING:
                     self.stop(r)
+            drain_stopping(self)
             return
         version = self.run_version
         active = [r for r in self.replicas.values()
@@ -152,14 +159,8 @@ class DeploymentState:
         if self.status != DeploymentStatus.DEPLOY_FAILED:
             missing = self.target - len(current)
             self.controller.coupling.note_unplaceable(self.key, None)
-            while missing > 0:
-                if not self._start_one():
-                    self.controller.coupling.note_unplaceable(
-                        self.key, self.spec.config.ray_actor_options.demand(), missing)
-                    if outdated:  # make room: replace an old replica first
-                        self.stop(outdated.pop())
-                    break
-                missing -= 1
+            if missing > 0:
+                start_missing(self, missing, current, outdated)
             if missing < 0:
                 surplus = sorted(current, key=lambda r: (r.state == ReplicaState.RUNNING, r.started_at), )
                 for r in surplus[: -missing]:
@@ -168,12 +169,17 @@ class DeploymentState:
         keep_old = max(0, self.target - running_current)
         for r in sorted(outdated, key=lambda r: r.state == ReplicaState.RUNNING)[: max(0, len(outdated) - keep_old)]:
             self.stop(r)
+        due: Dict[str, List[ReplicaRecord]] = {}  # worker -> replicas due for a health check
+        now = time.monotonic()
         for r in current:
             if r.state == ReplicaState.RUNNING and not r.busy:
                 if r.user_config != self.spec.config.user_config:
                     self._spawn(reconfigure_replica(self, r))
-                elif time.monotonic() - r.last_health >= self.spec.config.health_check_period_s:
-                    self._spawn(check_replica_health(self, r))
+                elif now - r.last_health >= self.spec.config.health_check_period_s:
+                    due.setdefault(r.worker, []).append(r)
+        for worker, records in due.items():
+            self._spawn(check_health_on_worker(self, worker, records))
+        drain_stopping(self)
         settle_status(self)
 
     def step_failed(self, message: str) -> None:
@@ -182,14 +188,6 @@ class DeploymentState:
 
     def _spawn(self, coro: Any) -> None:
         self.controller.reconciler.spawn(coro)
-
-    def _start_one(self) -> bool:
-        record = place_replica(self)
-        if record is None:
-            return False
-        self.replicas[record.replica_id] = record
-        self._spawn(start_replica(self, record))
-        return True
 
     def started(self, r: ReplicaRecord, pid: Optional[int]) -> None:
         """``start_replica`` succeeded: the replica serves from now on."""
@@ -217,12 +215,12 @@ class DeploymentState:
             self.message = f"A replica failed to start; retrying.\n{error}"
 
     def stop(self, r: ReplicaRecord) -> None:
-        """Take the replica out of routing now and drain it in the background."""
+        """Take the replica out of routing now; the next step drains it in the background."""
         was_running = r.state == ReplicaState.RUNNING
         r.state = ReplicaState.STOPPING
         if was_running:
             self.publish()
-        self._spawn(stop_replica(self, r))
+        self.controller.reconciler.wake()
 
     def remove(self, r: ReplicaRecord) -> None:
         """Forget the replica and release its resources."""

@@ -158,6 +158,9 @@ class Controller(SchedulerPlugin):
             for plugin, name in ((DServeWorkerPlugin(), PLUGIN_NAME), (ProxyWorkerPlugin(), PROXY_PLUGIN_NAME)):
                 await self.scheduler.register_worker_plugin(None, dask_dumps(plugin), name=name, idempotent=True)
             self.store.restore(lambda spec: ApplicationState(self, spec))
+            if self.store.proxy_options:  # set at runtime before a restart: they stand
+                await self.proxies.reconfigure(*proxy_settings(self.options))
+            self.declarative.resume()
         except Exception as exc:  # noqa: BLE001 - every RPC reports it (see ``ready``)
             logger.exception("dserve controller failed to start")
             self._boot_error = exc

@@ -1,6 +1,9 @@
 """The reconcile loop: close the gap between goal and actual state, one contained step at a time.
 
-Event-driven (``wake``) with a short tick. Each step drives every deployment of
+Event-driven (``wake``) with a short tick; wake-ups that arrive during a step or
+the short gap after it (at least ``RECONCILE_GAP_FACTOR`` times the step's own
+duration) coalesce into one step, so the loop spends a bounded share of the
+scheduler's event loop however many replicas change. Each step drives every deployment of
 every application through its own error boundary: a deployment whose step
 raises is logged, shows the error in its status, and is retried with backoff,
 while every other deployment and the proxies keep being reconciled. Background
@@ -14,7 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Set
 
-from ..config import RECONCILE_BACKOFF_MAX_S, RECONCILE_TICK_S
+from ..config import RECONCILE_BACKOFF_MAX_S, RECONCILE_GAP_FACTOR, RECONCILE_MIN_GAP_S, RECONCILE_TICK_S
 
 if TYPE_CHECKING:
     from .deployment_state import DeploymentState
@@ -68,12 +71,17 @@ class Reconciler:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            started = time.perf_counter()
+            started = time.monotonic()
+            started_perf = time.perf_counter()
             self.step()
             if self.on_step is not None:
-                self.on_step(started)
+                self.on_step(started_perf)
             event, self._ticked = self._ticked, asyncio.Event()
             event.set()
+            # wakes meanwhile coalesce into the next step: with thousands of replicas starting,
+            # each one's wake would otherwise cost a whole step (O(replicas) each)
+            busy = time.monotonic() - started
+            await asyncio.sleep(max(RECONCILE_MIN_GAP_S, RECONCILE_GAP_FACTOR * busy))
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

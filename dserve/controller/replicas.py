@@ -1,9 +1,11 @@
 """One replica as the controller sees it, and the calls that drive its life.
 
 ``ReplicaRecord`` is the controller's record of a replica (where it runs, its
-state, its actor); ``place_replica`` picks its worker. The coroutines here are
-the control calls to the replica actor — create and initialize, graceful stop, reconfigure, health check — each
-reporting its outcome back to the owning ``DeploymentState``, which decides.
+state, its actor); ``Placement`` picks workers for new ones, ``start_missing`` and
+``drain_stopping`` start and drain replicas in bounded batches. The coroutines here are
+the control calls to replicas — create and initialize, graceful stop, reconfigure (actor
+calls), health checks (one call per worker for all of a deployment's replicas due there) —
+each reporting its outcome back to the owning ``DeploymentState``, which decides.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from distributed.actor import Actor
 
 from ..actors.replica import ReplicaActor
-from ..config import CONTROL_CALL_TIMEOUT_S, HEALTH_CHECK_FAILURE_THRESHOLD
+from ..config import (
+    CONTROL_CALL_TIMEOUT_S, HEALTH_CHECK_FAILURE_THRESHOLD, MAX_STARTING_REPLICAS, MAX_STOPPING_REPLICAS,
+)
 from ..schema import DeploymentStatusTrigger, ReplicaState
 
 if TYPE_CHECKING:
     from .deployment_state import DeploymentState
 
-__all__ = ["ReplicaRecord", "place_replica", "start_replica", "stop_replica", "reconfigure_replica", "check_replica_health"]
+__all__ = ["ReplicaRecord", "Placement", "start_missing", "drain_stopping", "start_replica", "stop_replica", "reconfigure_replica", "check_health_on_worker"]
 
 logger = logging.getLogger("dserve.controller")
 
@@ -45,42 +49,92 @@ class ReplicaRecord:
     health_failures: int = 0
     last_health: float = field(default_factory=time.monotonic)
     busy: bool = False  # a control call (reconfigure / health check) is running
+    draining: bool = False  # stopping, and its drain has begun
     models: List[str] = field(default_factory=list)  # multiplexed model ids it holds
 
 
-def place_replica(dep: "DeploymentState") -> Optional[ReplicaRecord]:
-    """Choose a worker for one more replica and reserve its resources there; ``None``
-    (with the reason in the deployment's message) when none fits now."""
-    controller = dep.controller
-    config = dep.spec.config
-    demand = config.ray_actor_options.demand()
-    per_worker: Dict[str, int] = {}
-    per_host: Dict[str, int] = {}
-    for r in dep.replicas.values():
-        if r.state != ReplicaState.STOPPING:
-            per_worker[r.worker] = per_worker.get(r.worker, 0) + 1
-            per_host[r.host] = per_host.get(r.host, 0) + 1
-    workers = controller.placeable_workers()
-    max_per_host = config.max_replicas_per_node
-    ws = controller.ledger.choose(
-        workers, demand, per_worker, per_host, max_per_host, frozenset(controller.proxies.proxies)
-    )
-    if ws is None:
-        reason = controller.ledger.why_not(workers, demand, max_per_host, per_host)
-        dep.message = f"Deployment '{dep.name}' has replicas that cannot be placed yet: {reason}."
-        return None
-    replica_id = f"{dep.app}#{dep.name}#{uuid.uuid4().hex[:8]}"
-    app = controller.store.apps.get(dep.app)
-    controller.ledger.reserve(ws.address, demand)
-    return ReplicaRecord(
-        replica_id=replica_id,
-        key=f"dserve-replica-{replica_id}",
-        worker=ws.address,
-        host=ws.host,
-        code_version=dep.run_version,
-        demand=demand,
-        state=ReplicaState.RECOVERING if app is not None and app.recovering else ReplicaState.STARTING,
-    )
+class Placement:
+    """One reconcile step's placement of a deployment's new replicas: the per-worker and
+    per-host counts of its replicas, counted once (O(replicas)) and kept current as each
+    new replica is placed, and the workers considered, listed once."""
+
+    def __init__(self, dep: "DeploymentState") -> None:
+        self.dep = dep
+        self.per_worker: Dict[str, int] = {}
+        self.per_host: Dict[str, int] = {}
+        for r in dep.replicas.values():
+            if r.state != ReplicaState.STOPPING:
+                self._count(r.worker, r.host)
+        controller = dep.controller
+        self.workers = controller.placeable_workers()
+        self.busy = frozenset(controller.proxies.proxies)
+        self.demand = dep.spec.config.ray_actor_options.demand()
+
+    def _count(self, worker: str, host: str) -> None:
+        self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
+        self.per_host[host] = self.per_host.get(host, 0) + 1
+
+    def place(self) -> Optional[ReplicaRecord]:
+        """Choose a worker for one more replica and reserve its resources there; ``None``
+        (with the reason in the deployment's message) when none fits now."""
+        dep, controller = self.dep, self.dep.controller
+        max_per_host = dep.spec.config.max_replicas_per_node
+        ledger = controller.ledger
+        ws = ledger.choose(self.workers, self.demand, self.per_worker, self.per_host, max_per_host, self.busy)
+        if ws is None:
+            reason = ledger.why_not(self.workers, self.demand, max_per_host, self.per_host)
+            dep.message = f"Deployment '{dep.name}' has replicas that cannot be placed yet: {reason}."
+            return None
+        replica_id = f"{dep.app}#{dep.name}#{uuid.uuid4().hex[:8]}"
+        app = controller.store.apps.get(dep.app)
+        ledger.reserve(ws.address, self.demand)
+        self._count(ws.address, ws.host)
+        return ReplicaRecord(
+            replica_id=replica_id,
+            key=f"dserve-replica-{replica_id}",
+            worker=ws.address,
+            host=ws.host,
+            code_version=dep.run_version,
+            demand=dict(self.demand),
+            state=ReplicaState.RECOVERING if app is not None and app.recovering else ReplicaState.STARTING,
+        )
+
+
+def start_missing(dep: "DeploymentState", missing: int, current: List[ReplicaRecord],
+                  outdated: List[ReplicaRecord]) -> None:
+    """Start up to ``missing`` replicas, at most ``MAX_STARTING_REPLICAS`` starting at
+    once (the rest on later steps, as these come up): placement is O(replicas) per
+    step and the scheduler's loop never takes thousands of actor creations at once."""
+    budget = MAX_STARTING_REPLICAS - sum(1 for r in current if r.state != ReplicaState.RUNNING)
+    if budget <= 0:
+        return
+    placement = Placement(dep)
+    while missing > 0 and budget > 0:
+        record = placement.place()
+        if record is None:
+            dep.controller.coupling.note_unplaceable(
+                dep.key, dep.spec.config.ray_actor_options.demand(), missing)
+            if outdated:  # make room: replace an old replica first
+                dep.stop(outdated.pop())
+            return
+        dep.replicas[record.replica_id] = record
+        dep.controller.reconciler.spawn(start_replica(dep, record))
+        missing -= 1
+        budget -= 1
+
+
+def drain_stopping(dep: "DeploymentState") -> None:
+    """Drain stopping replicas, at most ``MAX_STOPPING_REPLICAS`` at once (deleting
+    thousands must not start thousands of control calls on the scheduler's loop at once)."""
+    stopping = [r for r in dep.replicas.values() if r.state == ReplicaState.STOPPING]
+    budget = MAX_STOPPING_REPLICAS - sum(1 for r in stopping if r.draining)
+    for r in stopping:
+        if budget <= 0:
+            return
+        if not r.draining:
+            r.draining = True
+            dep.controller.reconciler.spawn(stop_replica(dep, r))
+            budget -= 1
 
 
 async def start_replica(dep: "DeploymentState", r: ReplicaRecord) -> None:
@@ -149,20 +203,37 @@ async def reconfigure_replica(dep: "DeploymentState", r: ReplicaRecord) -> None:
         dep.controller.reconciler.wake()
 
 
-async def check_replica_health(dep: "DeploymentState", r: ReplicaRecord) -> None:
-    """Run the user's check_health; after repeated failures the replica is replaced."""
-    r.busy = True
+async def check_health_on_worker(dep: "DeploymentState", worker: str, records: List[ReplicaRecord]) -> None:
+    """Run the user's check_health of these replicas (all on ``worker``) in one call to
+    the worker; a replica failing ``HEALTH_CHECK_FAILURE_THRESHOLD`` times in a row is replaced."""
+    timeout = dep.spec.config.health_check_timeout_s
+    for r in records:
+        r.busy = True
     try:
-        await asyncio.wait_for(r.actor.check_health(), dep.spec.config.health_check_timeout_s)
-        r.health_failures = 0
-    except Exception as exc:  # noqa: BLE001 - counted; shown in the status once it matters
-        r.health_failures += 1
-        logger.warning("health check of %s failed (%d): %r", r.replica_id, r.health_failures, exc)
-        if r.health_failures >= HEALTH_CHECK_FAILURE_THRESHOLD and r.state == ReplicaState.RUNNING:
-            dep.trigger = DeploymentStatusTrigger.HEALTH_CHECK_FAILED
-            dep.message = f"Replica {r.replica_id} failed its health check: {exc!r}; replacing it."
-            dep.stop(r)
+        try:
+            results = await asyncio.wait_for(
+                dep.controller.scheduler.rpc(worker).dserve_health_check(keys=[r.key for r in records], timeout=timeout),
+                timeout + CONTROL_CALL_TIMEOUT_S,
+            )
+        except Exception as exc:  # noqa: BLE001 - the worker did not answer: every check failed
+            results = {r.key: f"the worker {worker} did not answer: {exc!r}" for r in records}
+        for r in records:
+            _health_outcome(dep, r, results.get(r.key, "no answer from the worker"))
     finally:
-        r.last_health = time.monotonic()
-        r.busy = False
+        now = time.monotonic()
+        for r in records:
+            r.last_health = now
+            r.busy = False
         dep.controller.reconciler.wake()
+
+
+def _health_outcome(dep: "DeploymentState", r: ReplicaRecord, error: Optional[str]) -> None:
+    if error is None:
+        r.health_failures = 0
+        return
+    r.health_failures += 1  # counted; shown in the status once it matters
+    logger.warning("health check of %s failed (%d): %s", r.replica_id, r.health_failures, error)
+    if r.health_failures >= HEALTH_CHECK_FAILURE_THRESHOLD and r.state == ReplicaState.RUNNING:
+        dep.trigger = DeploymentStatusTrigger.HEALTH_CHECK_FAILED
+        dep.message = f"Replica {r.replica_id} failed its health check: {error}; replacing it."
+        dep.stop(r)

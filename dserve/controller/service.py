@@ -11,8 +11,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..config import (LOGS_DEFAULT_TAIL, LOGS_READ_TIMEOUT_S, PROXY_START_WAIT_S, HTTPOptions, ProxyLocation,
-                      gRPCOptions, validate_name, validate_route_prefix)
+from ..config import (
+    LOGS_DEFAULT_TAIL, LOGS_READ_TIMEOUT_S, PROXY_START_WAIT_S, HTTPOptions, ProxyLocation, gRPCOptions, validate_name,
+    validate_num_replicas, validate_route_prefix,
+)
 from ..logs import merge as merge_logs
 from ..schema import MULTI_APP, ApplicationStatus
 from ..serialization import loads
@@ -21,6 +23,7 @@ from ..types import ReplicaSetSnapshot
 from ..wire import LOGS_OP
 from .application_state import ApplicationState
 from .autoscaling import policy_import_error
+from .store import PROXY_OPTION_KEYS
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -76,7 +79,7 @@ class ControllerService:
             controller.options["logging_config"] = dict(logging_config)  # the proxies follow the route table
             self._store.checkpoint()
             controller.publisher.notify_change()
-        if {"http_options", "proxy_location", "grpc_options"} & set(options):
+        if set(PROXY_OPTION_KEYS) & set(options):
             async with controller.proxies.lock:  # concurrent starts apply one after the other, whole
                 merged = {**controller.options, **options}
                 for key in ("http_options", "grpc_options"):  # fields not given keep their current values
@@ -87,6 +90,8 @@ class ControllerService:
                     await controller.proxies.apply(*settings)
                 controller.options.clear()
                 controller.options.update(merged)
+                self._store.set_proxy_options({k: merged[k] for k in options if k in PROXY_OPTION_KEYS})
+                self._store.checkpoint()
         controller.reconciler.step()
         deadline = time.monotonic() + (PROXY_START_WAIT_S if wait else 0)
         while time.monotonic() < deadline and controller.proxies.starting:
@@ -105,7 +110,7 @@ class ControllerService:
         await self._ready()
         await self._ensure_serving()
         specs: List[ApplicationSpec] = loads(spec)
-        error = self._check_names(specs) or self._check_routes(specs) or await policy_import_error(
+        error = self._check_specs(specs) or self._check_routes(specs) or await policy_import_error(
             [d for app_spec in specs for d in app_spec.deployments])
         if error:
             return {"error": error}
@@ -120,14 +125,17 @@ class ControllerService:
         return {"ok": True}
 
     @staticmethod
-    def _check_names(specs: List[ApplicationSpec]) -> str:
-        """Names and prefixes follow the rules ``serve.run`` checks (for any client)."""
+    def _check_specs(specs: List[ApplicationSpec]) -> str:
+        """Names, prefixes and replica counts follow the rules ``serve.run`` checks (for any client)."""
         try:
             for s in specs:
                 validate_name(s.name, "application name")
                 validate_route_prefix(s.route_prefix)
                 for d in s.deployments:
                     validate_name(d.name, "deployment name")
+                    validate_num_replicas(d.config.num_replicas)
+                    if d.config.autoscaling_config is not None:
+                        validate_num_replicas(d.config.autoscaling_config.max_replicas, "max_replicas")
         except ValueError as exc:
             return str(exc)
         return ""
@@ -190,6 +198,7 @@ class ControllerService:
             "rest_port": self.controller.rest_port,
             "serve_page": self.controller.serve_page,
             "restored_from_checkpoint": self._store.restored_from_checkpoint,
+            "checkpoint_message": self._store.checkpoint_message,
         }
 
     async def app_info(self, name: str) -> Optional[Dict[str, Any]]:

@@ -1,9 +1,13 @@
 """The goal state: applications → deployments, and its checkpoint on disk.
 
 ``GoalStore`` holds what users asked for (``ApplicationState`` objects, the last
-declarative config and its mode) and writes it to the state file after every
-change, when a state path is set. At start it restores what the file holds;
-replicas are always recreated (Dask workers do not outlive their scheduler).
+declarative config and its mode, the proxy options set at runtime) and writes it
+to the state file after every change, when a state path is set. An application
+being rebuilt from a new config is saved as its last good version (the rebuild
+resumes after a restart, see ``declarative``). At start it restores what the file
+holds; replicas are always recreated (Dask workers do not outlive their
+scheduler). A state file that cannot be read is moved aside, never overwritten,
+and the controller starts empty with the reason in ``serve.status()``.
 """
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ from .application_state import ApplicationState
 if TYPE_CHECKING:
     from ..spec import ApplicationSpec
 
-__all__ = ["GoalStore"]
+__all__ = ["GoalStore", "PROXY_OPTION_KEYS"]
 
 logger = logging.getLogger("dserve.controller")
+
+PROXY_OPTION_KEYS = ("http_options", "grpc_options", "proxy_location")
 
 
 class GoalStore:
@@ -31,8 +37,11 @@ class GoalStore:
         self.apps: Dict[str, ApplicationState] = {}
         self.deploy_mode: Optional[str] = None  # MULTI_APP / SINGLE_APP of the last config deploy
         self.deployed_config: Optional[Dict[str, Any]] = None  # the last config deployed
+        self.proxy_options: Dict[str, Any] = {}  # set at runtime (serve.start, a config): they outlive restarts
         self.restored_from_checkpoint = False
         self.on_checkpoint: Optional[Callable[[tuple, float], None]] = None  # (labels, ms) per write
+        self.checkpoint_message = ""  # why the state file could not be restored, for serve.status()
+        self._writable = True  # False while an unreadable state file could not be moved aside
 
     @property
     def state_path(self) -> Optional[str]:
@@ -43,18 +52,28 @@ class GoalStore:
         app = self.apps.get(name)
         return None if app is None or app.deleting else app
 
+    def set_proxy_options(self, options: Dict[str, Any]) -> None:
+        """Proxy options given at runtime: kept in the checkpoint and restored with it."""
+        self.proxy_options.update({k: options[k] for k in PROXY_OPTION_KEYS if k in options})
+
     def checkpoint(self) -> None:
         """Write the goal state (after every change to it) when a state path is set."""
         path = self.state_path
         if not path:
             return
-        apps = [app.spec for app in self.apps.values() if not app.deleting and not app.building]
+        if not self._writable:
+            if os.path.lexists(path):
+                return
+            self._writable = True  # the operator moved the unreadable file away
+        # an app being rebuilt keeps its last good version; one never built yet has none
+        apps = [app.spec for app in self.apps.values() if not app.deleting and app.spec.deployments]
         started = time.perf_counter()
         try:
             checkpoint.save(path, {
                 "apps": apps,
                 "declarative": {"mode": self.deploy_mode, "config": self.deployed_config},
                 "options": {k: v for k, v in self.options.items() if k != "rest_token"},
+                "proxy_options": self.proxy_options,
             })
         except OSError as exc:
             logger.error("dserve: could not write the state file %s: %s", path, exc)
@@ -63,7 +82,8 @@ class GoalStore:
             self.on_checkpoint((), (time.perf_counter() - started) * 1000.0)
 
     def restore(self, make_app: Callable[["ApplicationSpec"], ApplicationState]) -> None:
-        """Load the state file, if any, creating each application with ``make_app``."""
+        """Load the state file, if any, creating each application with ``make_app``; the
+        saved proxy options go back into the controller's options."""
         path = self.state_path
         if not path:
             if not self.options.get("embedded"):  # info: most clusters are not meant to outlive a restart
@@ -71,7 +91,11 @@ class GoalStore:
                                "DSERVE_STATE_PATH); applications live in memory only and a scheduler restart "
                                "loses them")
             return
-        state = checkpoint.load(path)
+        try:
+            state = checkpoint.load(path)
+        except checkpoint.CheckpointError as exc:
+            self._set_aside(path, str(exc))
+            return
         if not state:
             return
         for spec in state.get("apps", []):
@@ -81,5 +105,21 @@ class GoalStore:
         declarative = state.get("declarative") or {}
         self.deploy_mode = declarative.get("mode")
         self.deployed_config = declarative.get("config")
+        self.proxy_options = dict(state.get("proxy_options") or {})
+        self.options.update(self.proxy_options)
         self.restored_from_checkpoint = bool(self.apps)
         logger.info("dserve: restored %d application(s) from %s", len(self.apps), path)
+
+    def _set_aside(self, path: str, reason: str) -> None:
+        try:
+            target = checkpoint.set_aside(path)
+        except OSError as exc:
+            self._writable = False  # never overwrite what could not be read
+            self.checkpoint_message = (
+                f"the state file {path} could not be read ({reason}) nor moved aside ({exc}); the controller "
+                f"started with no applications and does not write the state file until it is moved or removed")
+        else:
+            self.checkpoint_message = (
+                f"the state file {path} could not be read ({reason}); it was moved to {target} and the "
+                f"controller started with no applications")
+        logger.error("dserve: %s", self.checkpoint_message)
