@@ -81,7 +81,15 @@ def _resolve(servable: Any, name: str, deployment: str) -> Callable:
         return getattr(servable, name)
     if name == "__call__" and callable(servable):
         return servable
-    raise AttributeError(f"deployment {deployment!r} has no method {name!r}")
+    methods = sorted(n for n in dir(servable) if not n.startswith("_") and callable(getattr(servable, n, None)))
+    if callable(servable):
+        methods.insert(0, "__call__")
+    raise UnknownMethodError(f"deployment {deployment!r} has no method {name!r}; its callable methods: {methods}")
+
+
+class UnknownMethodError(AttributeError):
+    """A handle asked for a method the deployment does not have (the caller's mistake:
+    raised at the caller, not logged as a failed request)."""
 
 
 def _takes_arguments(fn: Callable) -> bool:

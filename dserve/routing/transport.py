@@ -371,6 +371,8 @@ async def _serve_websocket(replica: Any, msg: WireMessage, inbox: asyncio.Queue,
 
 
 def _log_failure(what: str, replica: Any, exc: BaseException) -> None:
-    # a wrong method name or signature is the caller's mistake: no user traceback
+    if type(exc).__name__ == "UnknownMethodError":  # raised at the caller, who made the mistake: not logged
+        return
+    # a wrong signature is the caller's mistake: no user traceback
     user_error = not isinstance(exc, (TypeError, AttributeError))
     logger.warning("%s %s failed: %r", what, replica.replica_id, exc, exc_info=user_error)
