@@ -121,3 +121,38 @@ class HTTPLoad:
         for t in self.threads:
             t.join()
         assert self.sent == len(self.results) + len(self.failures)
+
+
+def scrape(port: int) -> dict:
+    """{(sample name, frozenset(labels)): value} of one /metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def scrape_all() -> dict:
+    """Summed samples of the scheduler's and every worker's /metrics."""
+    from collections import defaultdict
+
+    from distributed import Client
+
+    from dserve.runtime import current_runtime
+
+    with Client(current_runtime().scheduler_address, timeout=30) as client:
+        info = client.scheduler_info()
+        ports = [info["services"]["dashboard"]] + [w["services"]["dashboard"] for w in info["workers"].values()]
+    total: dict = defaultdict(float)
+    for port in ports:
+        for key, v in scrape(port).items():
+            total[key] += v
+    return total
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 import dserve as serve
-from conftest import free_port, proxy_details, wait_for
+from conftest import free_port, proxy_details, scrape_all, value, wait_for
 
 PROTO = """
 syntax = "proto3";
@@ -198,3 +198,23 @@ def test_builtin_list_applications_and_healthz(grpc_port, stub):
         healthz = channel.unary_unary("/ray.serve.RayServeAPIService/Healthz")
         assert sorted(_strings(list_apps(b""))) == ["g1", "g2"]
         assert _strings(healthz(b"")) == ["success"]
+
+
+def test_grpc_requests_are_counted_in_rays_metrics(stub):
+    import dservetest_pb2 as pb2
+    deploy_greeter(stub, "gm")
+    md = (("application", "gm"),)
+    before = scrape_all()
+    for _ in range(4):
+        stub.SayHello(pb2.HelloRequest(name="m"), metadata=md)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError):
+            stub.Fail(pb2.HelloRequest(), metadata=md)
+
+    def counted(name, **labels):
+        return value(scrape_all(), name, application="gm", **labels) - value(before, name, application="gm", **labels)
+    wait_for(lambda: counted("ray_serve_num_grpc_requests_total") == 6, timeout=20, what="6 gRPC requests counted")
+    assert counted("ray_serve_num_grpc_requests_total", route="/dservetest.Greeter/SayHello", status_code="OK") == 4
+    assert counted("ray_serve_num_grpc_error_requests_total", route="/dservetest.Greeter/Fail",
+                   error_code="INTERNAL") == 2
+    assert counted("ray_serve_grpc_request_latency_ms_count") == 6

@@ -1,17 +1,12 @@
 """Ray Serve's metrics at Dask's /metrics: exact counts, Ray's names and labels, user metrics."""
 from __future__ import annotations
 
-from collections import defaultdict
-
 import httpx
 import pytest
-from distributed import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 import dserve as serve
 from dserve.metrics import Counter, Gauge, Histogram
-from dserve.runtime import current_runtime
-from conftest import proxy_url, wait_for
+from conftest import proxy_url, scrape_all, value, wait_for
 
 
 @serve.deployment
@@ -39,32 +34,6 @@ class Front:
 
     async def __call__(self, request):
         return {"score": await self.scorer.remote(int(request.query_params["x"]))}
-
-
-def scrape(port: int) -> dict:
-    """{(sample name, frozenset(labels)): value} of one /metrics endpoint."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def scrape_all() -> dict:
-    """Summed samples of the scheduler and every worker."""
-    with Client(current_runtime().scheduler_address, timeout=30) as client:
-        info = client.scheduler_info()
-        ports = [info["services"]["dashboard"]] + [w["services"]["dashboard"] for w in info["workers"].values()]
-    total: dict = defaultdict(float)
-    for port in ports:
-        for key, value in scrape(port).items():
-            total[key] += value
-    return total
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
 
 
 @pytest.fixture(scope="module")
