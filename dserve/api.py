@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Union
 
 from distributed.protocol.pickle import dumps as dask_dumps
 
-from . import cluster as _cluster
+from .cluster import close_embedded_cluster, find_address, find_security, start_embedded_cluster
 from .auth import default_token_path
 from .config import HTTPOptions, LoggingConfig, ProxyLocation, gRPCOptions, logging_config as _logging_config
 from .controller import CONTROLLER_NAME, Controller
@@ -73,16 +73,16 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
         if options:
             _sync(runtime, runtime.rpc("dserve_start", options=options), timeout=60)
         return runtime
-    scheduler_address = _cluster.find_address(address)
+    scheduler_address = find_address(address)
     options = dict(options or {})
     if scheduler_address is None:
         if worker_or_none() is not None:
             raise RayServeException("inside a Dask worker, dserve uses the worker's own scheduler")
-        _owned_cluster = _cluster.start_embedded_cluster(security)
+        _owned_cluster = start_embedded_cluster(security)
         scheduler_address = _owned_cluster.scheduler_address
         security = _owned_cluster.security
         options["embedded"] = True  # lives and dies with this process: no state file needed
-    security = _cluster.find_security(scheduler_address, security)
+    security = find_security(scheduler_address, security)
     runtime = Runtime(scheduler_address, home_loop(), connection_args=security.get_connection_args("client"))
     try:
         started = _sync(runtime, _ensure_controller(runtime, options), timeout=60)
@@ -105,7 +105,7 @@ def _log_serve_page(url: Optional[str]) -> None:
 
 def _connect_existing() -> Runtime:
     """Connect to a running dserve without starting a cluster (for handle getters)."""
-    address = _cluster.find_address(None)
+    address = find_address(None)
     if address is None:
         raise RayServeException(
             "dserve is not running: call serve.start() or serve.run() first, or set DSERVE_ADDRESS"
@@ -242,7 +242,7 @@ def shutdown() -> None:
     set_runtime(None)
     if _owned_cluster is not None:
         cluster, _owned_cluster = _owned_cluster, None
-        _cluster.close_embedded_cluster(cluster)
+        close_embedded_cluster(cluster)
 
 
 def get_app_handle(name: str) -> DeploymentHandle:

@@ -17,7 +17,7 @@ import click
 import httpx
 import yaml
 
-from . import launcher
+import dserve.launcher as launcher
 from .auth import HOW_TO_SUPPLY, AuthError, bearer_header, default_token_path, load_token
 from .config import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REST_PORT, LOGS_DEFAULT_TAIL,
                      LOGS_FOLLOW_PERIOD_S)
@@ -138,7 +138,7 @@ def start(address: Optional[str], http_host: str, http_port: int, proxy_location
     http_options = {"host": http_host, "port": http_port}
     grpc_options = {"port": grpc_port, "grpc_servicer_functions": list(grpc_servicer_functions)}
     if address:
-        from . import api
+        import dserve.api as api
 
         try:
             api.start(http_options=http_options, grpc_options=grpc_options, proxy_location=proxy_location,
@@ -291,7 +291,7 @@ def shutdown(address: Optional[str], yes: bool) -> None:
 @click.option("--http-port", default=None, type=int)
 def run(config_or_import_path: str, arguments: tuple, address: Optional[str], name: str,
         route_prefix: Optional[str], reload: bool, http_port: Optional[int]) -> None:
-    from . import api
+    import dserve.api as api
 
     sys.path.insert(0, os.getcwd())
     try:

@@ -78,8 +78,8 @@ def _imports(module: str, path: pathlib.Path) -> Set[str]:
                 base = ".".join(base_parts + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
-            targets = subs + ([base] if len(subs) < len(node.names) else [])
+            # ``from . import x`` runs the package's __init__ too: it counts as importing the package
+            targets = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
         else:
             continue
         for target in targets:

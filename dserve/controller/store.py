@@ -16,7 +16,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
-from . import checkpoint
+from .checkpoint import CheckpointError, load as load_checkpoint, save as save_checkpoint, set_aside
 from .application_state import ApplicationState
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class GoalStore:
         apps = [app.spec for app in self.apps.values() if not app.deleting and app.spec.deployments]
         started = time.perf_counter()
         try:
-            checkpoint.save(path, {
+            save_checkpoint(path, {
                 "apps": apps,
                 "declarative": {"mode": self.deploy_mode, "config": self.deployed_config},
                 "options": {k: v for k, v in self.options.items() if k != "rest_token"},
@@ -92,8 +92,8 @@ class GoalStore:
                                "loses them")
             return
         try:
-            state = checkpoint.load(path)
-        except checkpoint.CheckpointError as exc:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
             self._set_aside(path, str(exc))
             return
         if not state:
@@ -112,7 +112,7 @@ class GoalStore:
 
     def _set_aside(self, path: str, reason: str) -> None:
         try:
-            target = checkpoint.set_aside(path)
+            target = set_aside(path)
         except OSError as exc:
             self._writable = False  # never overwrite what could not be read
             self.checkpoint_message = (
