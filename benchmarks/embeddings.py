@@ -65,13 +65,7 @@ def build(serve: Any) -> Any:
 
         @batch
         async def embed(self, chunks: list) -> list:
-            texts = [t for chunk in chunks for t in chunk]
-            vectors = await asyncio.to_thread(self.model.embed, texts)
-            out, start = [], 0
-            for chunk in chunks:
-                out.append(vectors[start:start + len(chunk)])
-                start += len(chunk)
-            return out
+            return await asyncio.to_thread(model_module.embed_per_caller, self.model, chunks)
 
     class EmbedRequest(BaseModel):
         texts: List[str]

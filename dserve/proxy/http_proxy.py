@@ -28,7 +28,7 @@ from .websocket import forward_websocket
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["HTTPProxy"]
+__all__ = ["HTTPProxy", "MATCHED_ROUTE", "strip_root_path"]
 
 logger = logging.getLogger("dserve.proxy")
 
@@ -52,6 +52,9 @@ def strip_root_path(path: str, root_path: str) -> str:
     if root_path and (path == root_path or path.startswith(root_path + "/")):
         return path[len(root_path):] or "/"
     return path
+
+
+MATCHED_ROUTE = "dserve.route"  # scope key: the (prefix, application, ingress) a request was routed to
 
 
 class HTTPProxy:
@@ -115,6 +118,7 @@ class HTTPProxy:
                 await _send_plain(send, 503 if reason else 200, reason or "success")
                 return
         route = self.match(path)
+        scope[MATCHED_ROUTE] = route  # for the metrics and access log around this app (never forwarded)
         if route is None:
             if kind == "http" and not self.routes_populated:  # just started: the route table is on its way
                 await _send_plain(send, 503, "This proxy is starting; its route table has not arrived yet.")

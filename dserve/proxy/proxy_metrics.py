@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 from ..logs.sinks import AccessLine, fast_access_sink
 from ..metrics import table
 from ..types import ASGIApp, Message, Receive, Scope, Send
-from .http_proxy import strip_root_path
+from .http_proxy import MATCHED_ROUTE, strip_root_path
 
 __all__ = ["ProtocolMetrics", "HTTPMetrics", "access_logger"]
-
-Matcher = Callable[[str], Optional[Tuple[str, str, str]]]
 
 access_logger = logging.getLogger("dserve.access")
 access_logger.setLevel(logging.INFO)  # on unless the proxy's log_level is above INFO
@@ -94,10 +92,9 @@ class HTTPMetrics:
     """ASGI wrapper recording every HTTP request the proxy answers: metrics (unless off)
     and the access log (when ``access_log(application)`` says so)."""
 
-    def __init__(self, app: ASGIApp, match: Matcher, root_path: str, node_id: str, node_ip: str,
+    def __init__(self, app: ASGIApp, root_path: str, node_id: str, node_ip: str,
                  record_metrics: bool = True, access_log: Callable[[str], bool] = lambda app: False) -> None:
         self.app = app
-        self.match = match
         self.root_path = root_path.rstrip("/")
         self.metrics = ProtocolMetrics("http", node_id, node_ip) if record_metrics else None
         self.access_log = access_log
@@ -119,10 +116,12 @@ class HTTPMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            path = scope["path"]
-            path = strip_root_path(path, self.root_path)
-            route = self.match(path) if not path.startswith("/-/") else None
-            prefix, application = (route[0], route[1]) if route is not None else (path if path.startswith("/-/") else "", "")
+            route = scope.get(MATCHED_ROUTE)  # set by the proxy: no second route match here
+            if route is not None:
+                prefix, application, path = route[0], route[1], route[0]
+            else:  # a built-in path (/-/routes, /-/healthz) or no route
+                path = strip_root_path(scope["path"], self.root_path)
+                prefix, application = (path if path.startswith("/-/") else ""), ""
             code = status or 499
             latency_ms = (time.perf_counter() - started) * 1000.0
             if self.metrics is not None:

@@ -87,7 +87,7 @@ class ProxyServer:
         """The proxy app, wrapped to record request metrics (unless they are off) and the access log."""
         host = self.runtime.local_address or ""
         node_ip = get_address_host(host) if host else ""
-        return HTTPMetrics(self.app, self.app.match, self.options.root_path, host, node_ip, metrics_enabled(),
+        return HTTPMetrics(self.app, self.options.root_path, host, node_ip, metrics_enabled(),
                            self.app.access_log_enabled)
 
     async def start(self) -> None:

@@ -328,11 +328,25 @@ async def _serve_unary(replica: Any, msg: WireMessage, out: Coalescer) -> None:
 
 
 async def _serve_stream(replica: Any, msg: WireMessage, out: Coalescer, credit: Credit) -> None:
-    i = msg[ID]
+    def open_items() -> AsyncIterator[Any]:
+        args, kwargs = loads(msg[PAYLOAD])
+        return replica.stream(msg[METHOD], args, kwargs, msg.get(CONTEXT))
+    await _send_items(msg[ID], open_items, replica, "stream from", out, credit)
+
+
+async def _serve_websocket(replica: Any, msg: WireMessage, inbox: asyncio.Queue, out: Coalescer,
+                           credit: Credit) -> None:
+    def open_items() -> AsyncIterator[Any]:
+        return replica.websocket(loads(msg[PAYLOAD]), inbox.get, msg.get(CONTEXT))
+    await _send_items(msg[ID], open_items, replica, "WebSocket session on", out, credit)
+
+
+async def _send_items(i: int, open_items: Callable[[], AsyncIterator[Any]], replica: Any, what: str,
+                      out: Coalescer, credit: Credit) -> None:
+    """Send a stream's items as the caller's credit allows, then its end (or its error)."""
     items = None
     try:
-        args, kwargs = loads(msg[PAYLOAD])
-        items = replica.stream(msg[METHOD], args, kwargs, msg.get(CONTEXT))
+        items = open_items()
         async for item in items:
             if type(item) is LastItem:  # the generator knows it is done: one message
                 out.send({ID: i, ITEM: dumps(item.value), DONE: 1})
@@ -342,28 +356,8 @@ async def _serve_stream(replica: Any, msg: WireMessage, out: Coalescer, credit: 
         out.send({ID: i, DONE: 1})
     except asyncio.CancelledError:
         raise
-    except BaseException as exc:  # noqa: BLE001
-        _log_failure("stream from", replica, exc)
-        out.send({ID: i, ERROR: pack_exception(exc)})
-    finally:
-        if items is not None:
-            await items.aclose()
-
-
-async def _serve_websocket(replica: Any, msg: WireMessage, inbox: asyncio.Queue, out: Coalescer,
-                           credit: Credit) -> None:
-    i = msg[ID]
-    items = None
-    try:
-        items = replica.websocket(loads(msg[PAYLOAD]), inbox.get, msg.get(CONTEXT))
-        async for message in items:
-            await credit.take()
-            out.send({ID: i, ITEM: dumps(message)})
-        out.send({ID: i, DONE: 1})
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        _log_failure("WebSocket session on", replica, exc)
+    except BaseException as exc:  # noqa: BLE001 - every error goes back to the caller
+        _log_failure(what, replica, exc)
         out.send({ID: i, ERROR: pack_exception(exc)})
     finally:
         if items is not None:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from typing_extensions import Annotated
 
 import dserve as serve
-from examples.embeddings.model import DIMENSIONS, MODEL_ID, EmbeddingModel
+from examples.embeddings.model import DIMENSIONS, MODEL_ID, EmbeddingModel, embed_per_caller
 
 MAX_TEXTS_PER_REQUEST = 256
 MAX_TEXT_CHARS = 10_000
@@ -77,14 +77,8 @@ class Embedder:
     @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"],
                  batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"], batch_size_fn=texts_in)
     async def embed(self, chunks: List[Sequence[str]]) -> List[np.ndarray]:
-        texts = [text for chunk in chunks for text in chunk]
         # inference off the event loop: the worker's loop keeps serving other calls meanwhile
-        vectors = await asyncio.to_thread(self.model.embed, texts)
-        out, start = [], 0
-        for chunk in chunks:
-            out.append(vectors[start:start + len(chunk)])
-            start += len(chunk)
-        return out
+        return await asyncio.to_thread(embed_per_caller, self.model, chunks)
 
 
 class EmbedRequest(BaseModel):

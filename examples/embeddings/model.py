@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["EmbeddingModel", "DIMENSIONS", "MAX_SEQ_LENGTH", "MODEL_ID", "cosine"]
+__all__ = ["EmbeddingModel", "DIMENSIONS", "MAX_SEQ_LENGTH", "MODEL_ID", "cosine", "embed_per_caller"]
 
 DIMENSIONS = 384
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json
@@ -92,6 +92,16 @@ class EmbeddingModel:
             rows = order[start:start + size]
             out[rows] = self.run_batch([texts[i] for i in rows])
         return out
+
+
+def embed_per_caller(model: "EmbeddingModel", chunks: List[List[str]]) -> List[np.ndarray]:
+    """One model call for a batch of callers' texts; each caller's rows back in order."""
+    vectors = model.embed([text for chunk in chunks for text in chunk])
+    out, start = [], 0
+    for chunk in chunks:
+        out.append(vectors[start:start + len(chunk)])
+        start += len(chunk)
+    return out
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
