@@ -1,8 +1,11 @@
 """The data plane's wire format, in one place: message keys, method names, framing, flow control.
 
 Callers keep one connection per replica worker and multiplex every request over
-it (``routing.transport``). Each write is one msgpack-encoded list of small
-dicts (a batch); user payloads inside are pickled bytes (``serialization``).
+it (``routing.transport``, ``routing.worker_end``): a raw TCP/TLS stream
+(``routing.link``), found through the worker's Dask comm (``DATA_ADDRESS_OP``).
+Each write is one msgpack-encoded list of small dicts (a batch); user payloads
+inside are pickled bytes (``serialization``). A link's first message is
+``{HELLO: secret}``, the secret handed out with the address.
 
 caller -> worker                                       worker -> caller
   {ID, KEY, METHOD, PAYLOAD, CONTEXT}    unary call       {ID, RESULT: payload}        unary result
@@ -26,21 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
-from typing import Any, List, Optional
+from typing import Any, Optional
 
-import msgpack
 
 __all__ = [
-    "MUX_OP", "HEALTH_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY", "LOGS_OP",
+    "DATA_ADDRESS_OP", "HELLO", "HEALTH_OP", "HTTP_METHOD", "GRPC_METHOD", "ROUTES_KEY", "LOGS_OP",
     "ID", "KEY", "METHOD", "PAYLOAD", "CONTEXT", "KIND", "STREAM", "WEBSOCKET", "EVENT", "CANCEL",
     "RESULT", "ITEM", "DONE", "ERROR", "GONE", "CREDIT",
-    "decode", "LastItem", "Coalescer", "Inbox", "Credit",
+    "LastItem", "Inbox", "Credit",
 ]
 
-logger = logging.getLogger("dserve.wire")
-
-MUX_OP = "dserve_mux"  # the worker comm handler that serves multiplexed calls
+DATA_ADDRESS_OP = "dserve_data_address"  # the worker handler that tells callers its data-plane port
 HEALTH_OP = "dserve_health_check"  # the worker handler that runs health checks of replicas there
 HTTP_METHOD = "__dserve_http__"
 GRPC_METHOD = "__dserve_grpc__"
@@ -48,6 +47,7 @@ ROUTES_KEY = "__routes__"
 LOGS_OP = "dserve_worker_logs"  # the worker handler that answers with its replicas' and proxy's log lines
 
 # caller -> worker
+HELLO = "h"  # the first message on a link: the worker's data-plane secret
 ID = "i"
 KEY = "k"  # the replica's actor key on that worker
 METHOD = "m"
@@ -65,14 +65,6 @@ ITEM = "c"
 DONE = "d"
 ERROR = "e"
 GONE = "g"
-
-_packb = msgpack.Packer(use_bin_type=True).pack
-
-
-def decode(data: bytes) -> List[dict]:
-    """One read: the batch of messages a peer wrote at once."""
-    return msgpack.unpackb(data, raw=False)
-
 
 class LastItem:
     """Yielded by a replica-side generator for its final item, so the item and
@@ -132,46 +124,3 @@ class Credit:
             finally:
                 self.waiter = None
         self.available -= 1
-
-
-class Coalescer:
-    """Write messages at once when the comm is idle; batch what queues up while a
-    write is pending (no fixed interval, unlike ``distributed.batched.BatchedSend``).
-    The batch is packed here, so Dask's comm only frames bytes (no per-message
-    ``sizeof`` walk or serializer dispatch)."""
-
-    __slots__ = ("comm", "buffer", "writing", "closed")
-
-    def __init__(self, comm: Any) -> None:
-        self.comm = comm
-        self.buffer: list = []
-        self.writing = False
-        self.closed = False
-
-    def send(self, msg: dict) -> None:
-        if self.closed:
-            return
-        self.buffer.append(msg)
-        if not self.writing:
-            self.writing = True
-            asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let messages made in the same loop turn join this write
-            while self.buffer and not self.closed:
-                batch, self.buffer = self.buffer, []
-                await self.comm.write(_packb(batch))
-        except Exception as exc:  # noqa: BLE001 - the reader side reports the lost peer
-            logger.debug("write to %s failed: %r", getattr(self.comm, "peer_address", "?"), exc)
-            self.abort()
-        finally:
-            self.writing = False
-
-    def abort(self) -> None:
-        self.closed = True
-        self.buffer = []
-        try:
-            self.comm.abort()
-        except Exception as exc:  # noqa: BLE001 - already closed
-            logger.debug("abort of %s failed: %r", getattr(self.comm, "peer_address", "?"), exc)

@@ -3,7 +3,7 @@
 The controller creates it with ``client.submit(ReplicaActor, ..., actor=True)``
 and drives its life through Dask actor calls (``initialize``, ``reconfigure``,
 ``check_health``, ``drain``, ``shutdown``). Requests do not use the actor call
-path: the transport's ``dserve_mux`` handler (or a caller in the same process)
+path: the worker's data plane (``routing.worker_end``; or a caller in the same process)
 finds the replica in ``worker.state.actors`` and calls ``call``/``stream``/
 ``websocket`` directly; HTTP and gRPC requests arrive as the special methods
 ``wire.HTTP_METHOD``/``wire.GRPC_METHOD`` and go to their adapters.

@@ -1,8 +1,9 @@
 """dserve's Dask WorkerPlugin: what every worker needs to host replicas.
 
 The controller installs it on all workers (present and future). It registers
-the transport's ``dserve_mux`` comm handler (callers reach any replica on this
-worker through it) and the ``dserve_worker_logs`` handler (the log lines of its
+the ``dserve_data_address`` handler (callers ask it once where this worker's
+data-plane port is, ``routing.worker_end.DataPlane``, and reach any replica here
+through it) and the ``dserve_worker_logs`` handler (the log lines of its
 replicas and proxy, for ``dserve logs``), marks the process as a dserve worker,
 pushes the running-request count of its replicas to the controller for
 autoscaling, with their request totals when they changed (the Serve page's rates
@@ -16,13 +17,14 @@ import asyncio
 import logging
 from typing import Any, Dict, List, Optional
 
+from distributed.comm import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..config import METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from ..event_loop import set_process_worker
 from ..logs import read as read_logs
-from ..routing.transport import serve_mux
-from ..wire import HEALTH_OP, LOGS_OP, MUX_OP
+from ..routing.worker_end import DataPlane
+from ..wire import DATA_ADDRESS_OP, HEALTH_OP, LOGS_OP
 from .replica import ReplicaActor
 
 __all__ = ["DServeWorkerPlugin", "PLUGIN_NAME"]
@@ -33,7 +35,7 @@ PLUGIN_NAME = "dserve-worker"
 
 
 class DServeWorkerPlugin(WorkerPlugin):
-    """Registers the ``dserve_mux`` handler and reports replica load."""
+    """Opens the worker's data plane, registers its handlers and reports replica load."""
 
     name = PLUGIN_NAME
     idempotent = True
@@ -41,20 +43,23 @@ class DServeWorkerPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         self.worker = worker
         set_process_worker(worker)
-        worker.handlers[MUX_OP] = self.mux
+        self.plane = DataPlane(worker.state.actors, _data_host(worker.address),
+                               worker.security.get_listen_args("worker").get("ssl_context"))
+        worker.handlers[DATA_ADDRESS_OP] = self.data_address
         worker.handlers[LOGS_OP] = read_logs
         worker.handlers[HEALTH_OP] = self.health_check
         self.reporter = asyncio.ensure_future(self._report_load())
 
     async def teardown(self, worker: Any) -> None:
-        worker.handlers.pop(MUX_OP, None)
+        worker.handlers.pop(DATA_ADDRESS_OP, None)
+        self.plane.close()
         worker.handlers.pop(LOGS_OP, None)
         worker.handlers.pop(HEALTH_OP, None)
         self.reporter.cancel()
 
-    async def mux(self, comm: Any) -> None:
-        """The ``dserve_mux`` handler: one caller's connection (see ``routing.transport``)."""
-        await serve_mux(comm, self.worker.state.actors)
+    async def data_address(self) -> Dict[str, Any]:
+        """The ``dserve_data_address`` handler: this worker's data-plane host, port, secret, TLS."""
+        return await self.plane.address()
 
     async def health_check(self, keys: List[str], timeout: float) -> Dict[str, Optional[str]]:
         """Run ``check_health`` of the replicas with these actor keys, each bounded by
@@ -92,3 +97,13 @@ class DServeWorkerPlugin(WorkerPlugin):
                 logger.debug("load report failed: %r", exc)
                 continue
             sent = {rid: t for rid, t in {**sent, **totals}.items() if rid in counts}
+
+
+def _data_host(worker_address: str) -> str:
+    """The data plane listens on the host the worker's Dask comms listen on (loopback for
+    an in-process ``inproc://`` worker)."""
+    try:
+        host = get_address_host(worker_address)
+    except ValueError:
+        host = ""
+    return host if host and "/" not in host else "127.0.0.1"
