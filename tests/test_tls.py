@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 
@@ -26,7 +28,10 @@ from starlette.responses import StreamingResponse
 
 import dserve as serve
 from dserve.runtime import current_runtime
+from dserve.serialization import loads
+from dserve.wire import HELLO, RESULT
 from conftest import free_port, proxy_url, wait_for
+from test_data_plane import Pid, call, data_address, exchange, replica_on_worker
 
 
 @serve.deployment(num_replicas=2)
@@ -164,3 +169,37 @@ def test_a_tls_cluster_started_from_the_command_line(tmp_path):
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_on_a_tls_cluster_the_data_plane_speaks_only_tls():
+    security = Security.temporary()
+    with LocalCluster(n_workers=1, threads_per_worker=2, security=security, dashboard_address=":0") as cluster, \
+            Client(cluster, security=security):
+        serve.start(http_options={"port": 0})
+        try:
+            handle = serve.run(Pid.bind(), name="plane", route_prefix=None)
+            assert handle.remote(4).result(timeout_s=30)["x"] == 4
+            worker, key = replica_on_worker("plane")
+            info = asyncio.run(data_address(worker, security))
+            assert info["tls"] is True
+            # plaintext on the TLS port: the handshake fails, nothing is answered
+            got = asyncio.run(exchange(info["host"], info["port"], [[{HELLO: info["secret"]}], [call(key, 1)]]))
+            assert got == ["closed"]
+            # TLS without a client certificate the cluster's CA signed: refused too
+            anonymous = ssl.create_default_context()
+            anonymous.check_hostname, anonymous.verify_mode = False, ssl.CERT_NONE
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                asyncio.run(_tls_roundtrip(info, key, anonymous))
+            # with the cluster's client certificate: answered
+            ctx = security.get_connection_args("client")["ssl_context"]
+            got = asyncio.run(exchange(info["host"], info["port"], [[{HELLO: info["secret"]}], [call(key, 9)]],
+                                       ssl_context=ctx))
+            assert loads(got[0][0][RESULT])["x"] == 9
+        finally:
+            serve.shutdown()
+
+
+async def _tls_roundtrip(info: dict, key: str, ctx: ssl.SSLContext) -> None:
+    got = await exchange(info["host"], info["port"], [[{HELLO: info["secret"]}], [call(key, 1)]], ssl_context=ctx)
+    if got == ["closed"]:
+        raise ConnectionError("closed")
