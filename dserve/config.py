@@ -76,6 +76,7 @@ DEFAULT_REQUEST_BODY_TIMEOUT_S = 300.0  # from the last header to the body's las
 DEFAULT_MAX_CONNECTIONS = 10_000  # open connections per proxy; more are answered 503 and closed
 PROXY_FD_RESERVE = 256  # file descriptors a proxy's worker keeps beyond max_connections (RLIMIT_NOFILE bounds it)
 REJECT_LINGER_S = 2.0  # after a 4xx/503 a proxy reads and drops what the client still sends this long, then closes
+MAX_PROXIES_PER_HOST = 64  # HTTPOptions.proxies_per_host: proxy processes sharing one host's port
 # the Serve page on the Dask scheduler's dashboard server (see ``dashboard``)
 SERVE_PAGE_PATH = "serve"  # the page; its data at SERVE_PAGE_PATH + "/api/status"
 SERVE_PAGE_REFRESH_S = 2.0  # the page fetches new data this often
@@ -338,7 +339,18 @@ class HTTPOptions(_Strict):
     it arrives); headers not complete ``request_header_timeout_s`` after the
     request's first byte (or the accept), or a body not complete
     ``request_body_timeout_s`` after them, 408; connections beyond
-    ``max_connections`` 503. None turns a limit off."""
+    ``max_connections`` 503. None turns a limit off.
+
+    ``proxies_per_host`` (a dserve extension, default 1): up to this many workers
+    of each host run a proxy, all serving ``port`` through ``SO_REUSEPORT`` (the
+    kernel spreads connections among them). Where the platform lacks
+    ``SO_REUSEPORT`` one proxy per host runs (logged).
+
+    On loopback aliases (several hosts simulated on one machine): when ``host``
+    is a loopback address (127.x, localhost) and a proxy's worker runs on another
+    loopback address (``dask worker --host 127.0.0.2``), that proxy binds its
+    worker's address instead, so proxies on different "hosts" do not collide.
+    On real hosts nothing changes."""
 
     host: str = DEFAULT_HOST
     port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535)
@@ -355,6 +367,8 @@ class HTTPOptions(_Strict):
     request_header_timeout_s: Optional[PositiveFloat] = DEFAULT_REQUEST_HEADER_TIMEOUT_S
     request_body_timeout_s: Optional[PositiveFloat] = DEFAULT_REQUEST_BODY_TIMEOUT_S
     max_connections: Optional[int] = Field(DEFAULT_MAX_CONNECTIONS, gt=0)
+    # scale-out (a dserve extension): this many proxy processes per host share the port (SO_REUSEPORT)
+    proxies_per_host: int = Field(1, ge=1, le=MAX_PROXIES_PER_HOST)
 
 
 class gRPCOptions(_Strict):  # noqa: N801 - Ray Serve's name

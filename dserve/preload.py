@@ -19,6 +19,8 @@ __all__ = ["dask_setup"]
 @click.command(name="dserve", context_settings={"ignore_unknown_options": True})
 @click.option("--dserve-http-host", default=None, help="Host the HTTP proxies bind (default 127.0.0.1).")
 @click.option("--dserve-http-port", default=None, type=int, help="Port of the HTTP proxies (default 8000).")
+@click.option("--dserve-http-proxies-per-host", default=None, type=int,
+              help="Proxy processes per host sharing the HTTP port via SO_REUSEPORT (default 1).")
 @click.option("--dserve-proxy-location", default=None, help="EveryNode (default), HeadOnly or Disabled.")
 @click.option("--dserve-rest-port", default=None, type=int, help="Port of the REST admin API (default 52365).")
 @click.option("--dserve-rest-host", default=None, help="Host the REST admin API binds (default 127.0.0.1).")
@@ -28,6 +30,7 @@ def dask_setup(
     scheduler: Any,
     dserve_http_host: Optional[str],
     dserve_http_port: Optional[int],
+    dserve_http_proxies_per_host: Optional[int],
     dserve_proxy_location: Optional[str],
     dserve_rest_port: Optional[int],
     dserve_rest_host: Optional[str],
@@ -36,7 +39,8 @@ def dask_setup(
 ) -> None:
     """Preload entry point: ``dask scheduler --preload dserve [--dserve-* options]``."""
     options: Dict[str, Any] = {}
-    http = {k: v for k, v in (("host", dserve_http_host), ("port", dserve_http_port)) if v is not None}
+    http = {k: v for k, v in (("host", dserve_http_host), ("port", dserve_http_port),
+                              ("proxies_per_host", dserve_http_proxies_per_host)) if v is not None}
     if http:
         options["http_options"] = HTTPOptions(**http).model_dump()
     if dserve_proxy_location:

@@ -18,7 +18,9 @@ import asyncio
 import logging
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from distributed.comm import get_address_host, parse_address
 from distributed.core import ConnectionPool, Status
+from distributed.utils import get_ip
 
 from .config import LONG_POLL_TIMEOUT_S, LONG_POLL_WARN_AFTER, METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from .context import new_request_id
@@ -27,12 +29,26 @@ from .routing.router import ReplicaSlot, Router
 from .routing.transport import InProcessChannel, MuxConnection
 from .types import ReplicaSetSnapshot
 
-__all__ = ["Runtime", "get_runtime", "set_runtime", "current_runtime", "set_connector"]
+__all__ = ["Runtime", "local_host", "get_runtime", "set_runtime", "current_runtime", "set_connector"]
 
 LOCAL_PREFIX = "local://"  # address of an in-process replica (local testing mode)
 
 logger = logging.getLogger("dserve")
 
+
+
+def local_host(worker_address: Optional[str], scheduler_address: str) -> Optional[str]:
+    """This process's host as workers' addresses name it: a worker's own host; a driver's, the
+    address it reaches the scheduler from (no packet is sent); None when neither tells."""
+    try:
+        if worker_address:
+            return get_address_host(worker_address)
+        scheme, _ = parse_address(scheduler_address) if scheduler_address else ("", "")
+        if scheme in ("tcp", "tls"):
+            return get_ip(get_address_host(scheduler_address))
+    except (OSError, ValueError) as exc:
+        logger.debug("dserve: this process's host is unknown (%r); routing prefers no host", exc)
+    return None
 
 
 class Runtime:
@@ -56,6 +72,7 @@ class Runtime:
         self.source = new_request_id()  # identifies this process's queue reports
         self._worker = worker_or_none()
         self.local_address = self._worker.address if self._worker is not None else None
+        self.local_host = local_host(self.local_address, scheduler_address)  # routers prefer replicas here
 
     # ---- control plane ----
     async def _get_pool(self) -> Any:

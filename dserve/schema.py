@@ -21,7 +21,8 @@ from .status_schema import (  # noqa: F401 - re-exported: one public home for ev
 from .status_schema import ActorInfo
 
 from .config import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_REQUEST_HEADER_BYTES,
-                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S, EncodingType, LoggingConfig)
+                     DEFAULT_REQUEST_BODY_TIMEOUT_S, DEFAULT_REQUEST_HEADER_TIMEOUT_S, MAX_PROXIES_PER_HOST,
+                     EncodingType, LoggingConfig)
 
 __all__ = [
     "ApplicationStatus",
@@ -201,6 +202,7 @@ class HTTPOptionsSchema(_Schema):
     request_header_timeout_s: Optional[float] = Field(DEFAULT_REQUEST_HEADER_TIMEOUT_S, gt=0)
     request_body_timeout_s: Optional[float] = Field(DEFAULT_REQUEST_BODY_TIMEOUT_S, gt=0)
     max_connections: Optional[int] = Field(DEFAULT_MAX_CONNECTIONS, gt=0)
+    proxies_per_host: int = Field(1, ge=1, le=MAX_PROXIES_PER_HOST)  # dserve: proxies sharing a host's port
 
 
 class gRPCOptionsSchema(_Schema):  # noqa: N801 - Ray Serve's name

@@ -1,7 +1,8 @@
 """Serving an ASGI app with uvicorn on a Dask server's own event loop.
 
 Used by the HTTP proxies (on workers) and the REST admin API (on the
-scheduler). The listening socket is created here with ``IPPROTO_TCP``
+scheduler). The listening socket is created here (with ``SO_REUSEPORT`` when
+several proxies of one host share the port) with ``IPPROTO_TCP``
 (asyncio only sets TCP_NODELAY on accepted sockets whose protocol says TCP:
 otherwise Nagle plus delayed ACKs add ~40 ms), uvicorn is kept away from the
 host process's signal handlers, and shutdown is bounded.
@@ -31,8 +32,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import PROXY_FD_RESERVE, REJECT_LINGER_S
 
-__all__ = ["PortInUseError", "bind_socket", "EmbeddedServer", "ConnectionLimits", "GuardedHttpToolsProtocol",
-           "fd_bounded"]
+__all__ = ["PortInUseError", "bind_socket", "reuse_port_supported", "EmbeddedServer", "ConnectionLimits",
+           "GuardedHttpToolsProtocol", "fd_bounded"]
 
 logger = logging.getLogger("dserve.proxy")
 
@@ -41,10 +42,22 @@ class PortInUseError(OSError):
     pass
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def reuse_port_supported() -> bool:
+    """Can several processes listen on one port (``SO_REUSEPORT``: Linux, the BSDs, macOS)?"""
+    return hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket; with ``reuse_port`` other processes may listen on the same
+    host and port (``SO_REUSEPORT``: the kernel spreads new connections among them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        if not reuse_port_supported():
+            sock.close()
+            raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this platform")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -68,8 +81,8 @@ class EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> contextlib.AbstractContextManager:  # type: ignore[override]
         return contextlib.nullcontext()
 
-    async def start_serving(self, host: str, port: int) -> None:
-        sock = self.sock = bind_socket(host, port)
+    async def start_serving(self, host: str, port: int, reuse_port: bool = False) -> None:
+        sock = self.sock = bind_socket(host, port, reuse_port)
         self.port = sock.getsockname()[1]
         self.task = asyncio.ensure_future(self.serve(sockets=[sock]))
         for _ in range(500):

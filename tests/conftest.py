@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -156,3 +158,65 @@ def scrape_all() -> dict:
 def value(samples: dict, name: str, **labels: str) -> float:
     """The sum of the samples called ``name`` whose labels include ``labels``."""
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
+
+
+class Hosts:
+    """`dask scheduler --preload dserve` on 127.0.0.1 and `dask worker` processes on loopback
+    aliases (127.0.0.2, ...: different hosts to dserve), all started (and stopped) by us."""
+
+    def __init__(self, tmp_path, preload_args=()):
+        self.port, self.http_port, self.rest_port = free_port(), free_port(), free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning",
+                        DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="5s")
+        self.workers = {}  # Popen -> host
+        self.scheduler = self._spawn([
+            "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+            "--dashboard-address", ":0", "--preload", "dserve", "--dserve-http-port", str(self.http_port),
+            "--dserve-rest-port", str(self.rest_port), "--dserve-state-path", str(tmp_path / "state.pkl"),
+            *preload_args])
+
+    def _spawn(self, args):
+        return subprocess.Popen([sys.executable, "-m", *args], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def add_worker(self, host, resources=None):
+        args = ["distributed.cli.dask_worker", self.address, "--host", host, "--nthreads", "2", "--no-nanny",
+                "--memory-limit", "1GB"]
+        if resources:
+            args += ["--resources", resources]
+        proc = self._spawn(args)
+        self.workers[proc] = host
+        return proc
+
+    def pids(self, n):
+        """Wait for ``n`` workers; worker address -> pid."""
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(n, timeout=60)
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == n, timeout=60, what=f"exactly {n} workers")
+            return client.run(os.getpid)
+
+    def url(self, host, path=""):
+        return f"http://{host}:{self.http_port}{path}"
+
+    def replicas(self, app):
+        """(node_ip, pid) of the RUNNING replicas of ``app``, from the REST API's details."""
+        details = httpx.get(f"http://127.0.0.1:{self.rest_port}/api/serve/applications/",
+                            headers=auth_headers(), timeout=10).json()
+        deployments = details["applications"][app]["deployments"].values()
+        return sorted((r["node_ip"], r["pid"]) for d in deployments for r in d["replicas"] if r["state"] == "RUNNING")
+
+    def stop(self):
+        procs = [*self.workers, self.scheduler]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait(15)
+
+
+def all_healthy(hosts) -> Dict[str, str]:
+    """``serve.status().proxies`` with a HEALTHY proxy on each of ``hosts``."""
+    return {h: "HEALTHY" for h in hosts}

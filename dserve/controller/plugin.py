@@ -84,7 +84,7 @@ def options_from_dask_config() -> Dict[str, Any]:
     options: Dict[str, Any] = {}
     http = {k: get(f"http-{k}") for k in ("host", "port", "root-path", "request-timeout-s", "max-request-header-bytes",
                                           "max-request-body-bytes", "request-header-timeout-s",
-                                          "request-body-timeout-s", "max-connections")}
+                                          "request-body-timeout-s", "max-connections", "proxies-per-host")}
     http = {k.replace("-", "_"): v for k, v in http.items() if v is not None}
     if http:
         options["http_options"] = http

@@ -1,15 +1,21 @@
 """Proxy management: where HTTP/gRPC proxies run, starting, checking and stopping them.
 
-One per host (EveryNode), the scheduler's host (HeadOnly) or none (Disabled).
-The manager elects one worker per host, keeps that choice while the worker
-lives, elects again when it leaves, and starts each elected proxy through the
-worker's ``dserve_proxy_start`` handler (``proxy.server.ProxyWorkerPlugin``).
+One per host (EveryNode), the scheduler's host (HeadOnly) or none (Disabled);
+up to ``HTTPOptions.proxies_per_host`` per host when that is above 1 (they share
+the port with ``SO_REUSEPORT``; without it on this platform, one per host). A
+"host" is a worker's ``ws.host``: workers on loopback aliases (127.0.0.2, ...)
+are different hosts, and their proxies bind those aliases (``proxy.server.bind_host``).
+The manager elects workers per host (those already elected first, then by
+address), keeps that choice while the worker lives, elects again when it
+leaves, and starts each elected proxy through the worker's
+``dserve_proxy_start`` handler (``proxy.server.ProxyWorkerPlugin``).
 A healthy proxy is checked every ``PROXY_HEALTH_CHECK_PERIOD_S``
 (``dserve_proxy_check``); one whose HTTP server died is restarted at once, one
 that does not answer ``HEALTH_CHECK_FAILURE_THRESHOLD`` checks in a row too.
 
 A proxy's ``status`` is its HTTP server's (what ``serve.status().proxies``
-shows, as in Ray Serve); its gRPC server has its own ``grpc_status`` and
+shows per host, as Ray Serve per node; a host's further proxies as
+``host#1``, ``host#2``, ... in worker-address order); its gRPC server has its own ``grpc_status`` and
 ``grpc_message`` (None when no servicer functions are configured), so a gRPC
 proxy that cannot start leaves HTTP serving. Reconfigurations hold ``lock``:
 they wait for the starts and checks in flight, stop every proxy and only then
@@ -26,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional, Set
 from ..config import (HEALTH_CHECK_FAILURE_THRESHOLD, PROXY_HEALTH_CHECK_PERIOD_S, PROXY_HEALTH_CHECK_TIMEOUT_S,
                       PROXY_RETRY_AFTER_S, HTTPOptions, ProxyLocation, gRPCOptions)
 from ..schema import ProxyStatus
+from ..uvicorn_server import reuse_port_supported
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -47,6 +54,7 @@ class ProxyManager:
         self.proxies: Dict[str, Dict[str, Any]] = {}  # worker address -> record
         self.lock = asyncio.Lock()  # one reconfiguration at a time; no starts during one
         self._inflight: Set[asyncio.Task] = set()
+        self._warned_reuse_port = False
 
     @property
     def settings(self) -> tuple:
@@ -81,11 +89,23 @@ class ProxyManager:
         by_host: Dict[str, List[Any]] = {}
         for ws in workers:
             by_host.setdefault(ws.host, []).append(ws)
+        per_host = self.per_host()
         chosen = []
-        for host, members in by_host.items():
-            sticky = [ws for ws in members if ws.address in self.proxies]
-            chosen.append(sticky[0] if sticky else min(members, key=lambda ws: ws.address))
+        for members in by_host.values():  # the elected stay elected; then the lowest addresses
+            members.sort(key=lambda ws: (ws.address not in self.proxies, ws.address))
+            chosen.extend(members[:per_host])
         return chosen
+
+    def per_host(self) -> int:
+        """Proxies per host: ``proxies_per_host``, or 1 where ``SO_REUSEPORT`` is missing."""
+        wanted = self.http_options.proxies_per_host
+        if wanted > 1 and not reuse_port_supported():
+            if not self._warned_reuse_port:
+                self._warned_reuse_port = True
+                logger.warning("dserve: proxies_per_host=%d needs SO_REUSEPORT, which this platform lacks; "
+                               "running one proxy per host", wanted)
+            return 1
+        return wanted
 
     def _spawn(self, record: Dict[str, Any], coro: Awaitable[Any]) -> None:
         record["pending"] = True
@@ -128,7 +148,8 @@ class ProxyManager:
             result = {"error": f"could not reach worker {address}: {exc!r}"}
         record["pending"] = False
         if result and result.get("ok"):
-            record.update(status=ProxyStatus.HEALTHY, message="", port=result.get("port"), failures=0,
+            record.update(status=ProxyStatus.HEALTHY, message="", port=result.get("port"),
+                          http_host=result.get("host"), failures=0,
                           check_at=time.monotonic() + PROXY_HEALTH_CHECK_PERIOD_S)
             self._grpc_state(address, record, result)
         else:
@@ -180,10 +201,16 @@ class ProxyManager:
             logger.info("dserve: stopping the proxy on %s failed: %r", address, exc)
 
     def status(self) -> Dict[str, Dict[str, Any]]:
-        return {
-            rec["host"]: {"status": rec["status"].value, "message": rec["message"], "worker": address,
-                          "port": rec.get("port"), "grpc_port": rec.get("grpc_port"),
-                          "grpc_status": rec["grpc_status"].value if rec["grpc_status"] else None,
-                          "grpc_message": rec["grpc_message"]}
-            for address, rec in self.proxies.items()
-        }
+        """Each proxy by host (a host's further proxies as ``host#1``, ...); ``http_host`` is
+        the address it listens on."""
+        out: Dict[str, Dict[str, Any]] = {}
+        seen: Dict[str, int] = {}
+        for address, rec in sorted(self.proxies.items(), key=lambda item: (item[1]["host"], item[0])):
+            host = rec["host"]
+            n = seen[host] = seen.get(host, -1) + 1
+            out[f"{host}#{n}" if n else host] = {
+                "status": rec["status"].value, "message": rec["message"], "worker": address, "host": host,
+                "http_host": rec.get("http_host"), "port": rec.get("port"), "grpc_port": rec.get("grpc_port"),
+                "grpc_status": rec["grpc_status"].value if rec["grpc_status"] else None,
+                "grpc_message": rec["grpc_message"]}
+        return out

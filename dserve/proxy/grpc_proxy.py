@@ -122,8 +122,10 @@ class GRPCProxy:
         handlers.append(grpc.method_handlers_generic_handler(BUILTIN_SERVICE, builtin))
         return handlers
 
-    async def start(self, host: str, port: int) -> None:
-        server = grpc.aio.server()
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``; with ``reuse_port`` other proxies of this host share the
+        port (grpcio's ``grpc.so_reuseport``, on by default on Linux, is then set explicitly)."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)] if reuse_port else None)
         server.add_generic_rpc_handlers(self._handlers())
         try:
             bound = server.add_insecure_port(f"{host}:{port}")

@@ -9,6 +9,11 @@ function that does not import, its port taken) is reported as ``grpc_error``
 while HTTP serves. HTTP's limits (``HTTPOptions``) are enforced by
 ``uvicorn_server.GuardedHttpToolsProtocol``.
 
+Where it listens: ``HTTPOptions.host``, or its worker's own loopback alias when
+hosts are simulated on one machine (``bind_host``); with
+``HTTPOptions.proxies_per_host`` > 1 the listening sockets (HTTP and gRPC) set
+``SO_REUSEPORT`` so that several proxies of one host share the port.
+
 Not in a thread: a thread with its own loop halves throughput through GIL
 ping-pong with the worker loop (see ``uvicorn_server`` for the socket and
 signal details).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 from typing import Any, Dict, Optional
 
@@ -28,17 +34,50 @@ from ..logs import close_sink, open_sink, reconfigure_sink
 from ..metrics import enabled as metrics_enabled
 from ..runtime import get_runtime
 from ..types import ASGIApp, RouteTable
-from ..uvicorn_server import ConnectionLimits, EmbeddedServer, GuardedHttpToolsProtocol, config, fd_bounded
+from ..uvicorn_server import (ConnectionLimits, EmbeddedServer, GuardedHttpToolsProtocol, config, fd_bounded,
+                              reuse_port_supported)
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
 from .proxy_metrics import HTTPMetrics
 
-__all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME"]
+__all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME", "bind_host"]
 
 PROXY_PLUGIN_NAME = "dserve-proxy"
 
 logger = logging.getLogger("dserve.proxy")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_host(configured: str, worker_address: Optional[str]) -> str:
+    """The address a proxy binds: ``HTTPOptions.host``, except on loopback aliases.
+
+    Several hosts can be simulated on one machine with workers on loopback aliases
+    (``dask worker --host 127.0.0.2``; Linux routes all of 127/8 to loopback). When
+    the configured host is a loopback address (127.x or localhost) and this proxy's
+    worker runs on another IPv4 loopback address, the proxy binds its worker's
+    address: every simulated host then serves the same port on its own address
+    instead of all colliding on 127.0.0.1. On real hosts (a worker on 10.0.0.5)
+    127.0.0.1 stays 127.0.0.1 on each machine: nothing changes. The gRPC proxy
+    binds the same address."""
+    if not worker_address or not _loopback(configured):
+        return configured
+    try:
+        worker_host = get_address_host(worker_address)
+        worker_ip = ipaddress.ip_address(worker_host)
+    except ValueError:
+        return configured
+    if worker_ip.version == 4 and worker_ip.is_loopback and worker_host != configured:
+        return worker_host
+    return configured
 
 
 def connection_limits(o: HTTPOptions) -> ConnectionLimits:
@@ -62,6 +101,7 @@ class ProxyServer:
         self.app = HTTPProxy(self.runtime, options.root_path, options.request_timeout_s)
         self.server: Optional[EmbeddedServer] = None
         self.grpc: Optional[GRPCProxy] = None
+        self.host = options.host  # what it binds: see ``bind_host``
         self.port = options.port
         self.grpc_port: Optional[int] = None
         self.grpc_error: Optional[str] = None
@@ -101,14 +141,16 @@ class ProxyServer:
             ssl_keyfile=o.ssl_keyfile, ssl_certfile=o.ssl_certfile,
             ssl_keyfile_password=o.ssl_keyfile_password, ssl_ca_certs=o.ssl_ca_certs,
         ))
-        await self.server.start_serving(o.host, o.port)
+        self.host = bind_host(o.host, self.runtime.local_address)
+        reuse_port = o.proxies_per_host > 1 and reuse_port_supported()
+        await self.server.start_serving(self.host, o.port, reuse_port)
         self.port = self.server.port
         self.runtime.watch(ROUTES_KEY, self._on_routes)
         g = self.grpc_options
         if g.grpc_servicer_functions:  # the gRPC proxy starts only when servicers are given
             grpc = GRPCProxy(self.runtime, g.grpc_servicer_functions, g.request_timeout_s)
             try:
-                await grpc.start(o.host, g.port)
+                await grpc.start(self.host, g.port, reuse_port)
             except Exception as exc:  # noqa: BLE001 - reported as the gRPC proxy's status
                 self.grpc_error = f"gRPC proxy could not start: {exc!r}"
                 logger.warning("dserve: %s (HTTP serves on port %s)", self.grpc_error, self.port)
@@ -125,7 +167,7 @@ class ProxyServer:
         elif task.done():
             exc = None if task.cancelled() else task.exception()
             error = f"the HTTP server stopped: {exc!r}" if exc is not None else "the HTTP server stopped"
-        return {"ok": error is None, "error": error, "port": self.port, "grpc_port": self.grpc_port,
+        return {"ok": error is None, "error": error, "host": self.host, "port": self.port, "grpc_port": self.grpc_port,
                 "grpc_error": self.grpc_error}
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -73,7 +73,7 @@ def _application(app: "ApplicationState") -> Dict[str, Any]:
 def instance_details(controller: "Controller") -> Dict[str, Any]:
     host = controller.scheduler_host()
     proxies = {
-        node: {"node_id": node, "node_ip": node, "actor_id": None,
+        node: {"node_id": node, "node_ip": p["host"], "actor_id": None,
                "actor_name": f"SERVE_PROXY::{p['worker']}", "worker_id": p["worker"],
                "log_file_path": None, "status": p["status"]}
         for node, p in controller.proxies.status().items()

@@ -6,6 +6,12 @@ more than ``max_ongoing_requests`` in flight to one replica; callers beyond
 that wait in a FIFO queue bounded by ``max_queued_requests`` (then
 ``BackPressureError``) and are dispatched the moment a slot frees, with no
 back-off timer; a caller who gives up while queued leaves the queue at once. Multiplexed requests prefer replicas holding their model.
+
+Locality: a replica on this process's own host (``Runtime.local_host``; the host
+part of the replica's worker address) is preferred when it is no busier than the
+power-of-two choice; otherwise, or with no local replica free, calls go across
+hosts. Whether a replica is local is worked out once, when the replica set
+arrives, not per request.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import collections
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Deque, List, Optional, Tuple
+
+from distributed.comm import get_address_host
 
 from ..context import RequestContext
 from ..exceptions import BackPressureError, DeploymentUnavailableError
@@ -36,6 +44,14 @@ class ReplicaSlot:
     in_flight: int = 0
     models: frozenset = field(default_factory=frozenset)
     gone: bool = False
+    local: bool = False  # on this process's host
+
+
+def _host(address: str) -> Optional[str]:
+    try:
+        return get_address_host(address)
+    except ValueError:  # not a Dask address (local testing mode's in-process replicas)
+        return None
 
 
 class _Waiter:
@@ -59,6 +75,7 @@ class Router:
         self.slots: List[ReplicaSlot] = []
         self.max_queued = -1
         self.waiters: Deque[_Waiter] = collections.deque()
+        self.has_local = False  # some replica is on this process's host
         self._ready = asyncio.Event()
         self.num_requests = 0  # routed so far (metrics)
         track_router(self)
@@ -69,17 +86,20 @@ class Router:
         self.exists = snapshot.get("exists", True)
         self.max_queued = snapshot.get("max_queued", -1)
         old = {s.replica_id: s for s in self.slots}
+        here = getattr(self.runtime, "local_host", None)
         slots = []
         for r in snapshot.get("replicas", []):
             slot = old.pop(r["id"], None)
             if slot is None:
                 slot = ReplicaSlot(r["id"], r["address"], r["key"], r["max_ongoing"])
+                slot.local = here is not None and _host(slot.address) == here
             slot.max_ongoing = r["max_ongoing"]
             slot.models = frozenset(r.get("models", ()))
             slots.append(slot)
         for slot in old.values():
             slot.gone = True
         self.slots = slots
+        self.has_local = any(s.local for s in slots)
         self._ready.set()
         if not self.exists:
             self._fail_waiters(DeploymentUnavailableError(f"{self.app}#{self.deployment}"))
@@ -104,7 +124,12 @@ class Router:
         if len(free) == 1:
             return free[0]
         a, b = random.sample(free, 2)
-        return a if a.in_flight <= b.in_flight else b
+        best = a if a.in_flight <= b.in_flight else b
+        if self.has_local and not best.local:  # a local replica no busier wins
+            local = min((s for s in free if s.local), key=lambda s: s.in_flight, default=None)
+            if local is not None and local.in_flight <= best.in_flight:
+                return local
+        return best
 
     def _dispatch(self) -> None:
         while self.waiters:
