@@ -15,7 +15,11 @@ after a response, so without the header timer a client trickling a byte every
 few seconds would hold its socket forever. A rejected connection is closed
 gracefully: the answer, then our half-close, then what the client still sends
 is read and dropped for ``REJECT_LINGER_S`` (closing with unread data would
-reset the connection and the client could lose the answer).
+reset the connection and the client could lose the answer). Its timers cost
+nothing per request: one timer per connection, moved forward lazily (a request
+only sets a deadline). Its writes are corked for one loop turn
+(``CorkedTransport``): uvicorn writes a response's head and body separately, and
+on loopback each ``send`` is the dearest thing a proxy does.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .config import PROXY_FD_RESERVE, REJECT_LINGER_S
 
 __all__ = ["PortInUseError", "bind_socket", "reuse_port_supported", "EmbeddedServer", "ConnectionLimits",
-           "GuardedHttpToolsProtocol", "fd_bounded"]
+           "GuardedHttpToolsProtocol", "CorkedTransport", "fd_bounded"]
 
 logger = logging.getLogger("dserve.proxy")
 
@@ -160,6 +164,55 @@ _REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request H
             503: b"Service Unavailable"}
 
 
+class CorkedTransport:
+    """A transport whose writes made during one event-loop turn leave in one ``write``
+    (one ``send`` system call instead of one per ASGI message); everything else is
+    the wrapped transport's. Closing flushes first."""
+
+    __slots__ = ("transport", "loop", "buffer", "scheduled")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.buffer: list = []
+        self.scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.buffer.append(data)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        buffer = self.buffer
+        if buffer:
+            self.buffer = []
+            if not self.transport.is_closing():
+                self.transport.write(buffer[0] if len(buffer) == 1 else b"".join(buffer))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.buffer = []
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 def _answer(status: int, text: str) -> bytes:
     body = text.encode()
     return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
@@ -174,24 +227,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer: Optional[asyncio.TimerHandle] = None  # fires at or before ``deadline``
+        self.deadline: Optional[float] = None  # when the current phase times out (None: never)
         self.phase = "idle"
         self.received = 0  # the current request's line and headers (as parsed), then its body
         self.raw_header_bytes = 0  # bytes fed while its headers are incomplete (httptools buffers them)
 
     # ---- timers and rejection ----
     def _arm(self, seconds: Optional[float]) -> None:
-        self._disarm()
-        if seconds is not None:
-            self.timer = self.loop.call_later(seconds, self._expired)
+        if seconds is None:
+            self.deadline = None
+            return
+        self.deadline = deadline = self.loop.time() + seconds
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._tick)
+        elif self.timer.when() > deadline:  # sooner than the timer: move it
+            self.timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._tick)
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None  # the timer, if any, finds nothing due and stops
+
+    def _tick(self) -> None:
+        self.timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:  # moved forward since: wait for it
+            self.timer = self.loop.call_at(deadline, self._tick)
+            return
+        self.deadline = None
+        self._expired()
 
     def _expired(self) -> None:
-        self.timer = None
         if self.phase == "headers":
             self._reject(408, f"Request headers not received within {self.limits.header_timeout_s}s.")
         elif self.phase == "body":
@@ -218,7 +286,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.flow.resume_reading()
-            self.timer = self.loop.call_later(self.limits.linger_s, self._expired)
+            self._arm(self.limits.linger_s)
         else:
             self.transport.close()
 
@@ -227,6 +295,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.limits.max_connections
         over = limit is not None and len(self.connections) >= limit
         super().connection_made(transport)
+        self.transport = CorkedTransport(transport, self.loop)  # type: ignore[assignment]
         if over:
             self._reject(503, f"This proxy is at its limit of {limit} open connections; try again later.")
         else:
@@ -234,12 +303,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.phase == "rejected":
             return  # lingering: read and drop
-        if self.phase == "idle" and self.timer is None and (self.cycle is None or self.cycle.response_complete):
+        if self.phase == "idle" and self.deadline is None and (self.cycle is None or self.cycle.response_complete):
             self._arm(self.limits.header_timeout_s)
         super().data_received(data)
         if self.phase == "headers":
@@ -258,6 +330,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.phase != "rejected":
             self._disarm()
             self.phase = "upgraded"
+            corked = self.transport
+            if isinstance(corked, CorkedTransport):  # the WebSocket protocol writes for itself
+                corked.flush()
+                self.transport = corked.transport
             super().handle_websocket_upgrade()
 
     # ---- parser callbacks ----
@@ -266,7 +342,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self.phase, self.received, self.raw_header_bytes = "headers", 0, 0
-        if self.timer is None:
+        if self.deadline is None:
             self._arm(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
