@@ -3,17 +3,28 @@
 In a Dask worker (replicas, proxies, tasks) that is the worker's own loop. In a
 driver, script or notebook it is a daemon thread owned by dserve, so handles
 work from sync code (``.result()``) and from any other event loop (``await``).
+
+Crossing between threads costs a wake-up of the other loop (a write to its
+self-pipe, a context switch). ``submit`` (a coroutine into dserve's loop) and
+``wait`` (its result back into the caller's loop) batch them: whatever crosses to
+one loop while it has not yet woken rides on the same wake-up, so a hundred
+concurrent calls from a notebook's loop cost a few crossings, not two hundred.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
-from typing import TYPE_CHECKING, Optional
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 
 if TYPE_CHECKING:
     from distributed import Worker
 
-__all__ = ["home_loop", "in_loop_thread", "worker_or_none", "set_process_worker"]
+__all__ = ["home_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait"]
+
+logger = logging.getLogger("dserve")
 
 _lock = threading.Lock()
 _thread_loop: Optional[asyncio.AbstractEventLoop] = None
@@ -76,3 +87,114 @@ def in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+class _Crossing:
+    """Callbacks handed to one loop from other threads, run in batches: one wake-up
+    of the loop per batch instead of one per callback."""
+
+    __slots__ = ("loop", "lock", "items", "scheduled", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list = []
+        self.scheduled = False
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self.lock:
+            self.items.append((fn, args))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._run)
+        except RuntimeError:  # the loop is closed
+            with self.lock:
+                self.scheduled = False
+                self.items.clear()
+            raise
+
+    def _run(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+            self.scheduled = False
+        for fn, args in items:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one bad callback must not lose the others
+                logger.exception("dserve: a cross-thread callback failed")
+
+
+_crossings: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Crossing]" = weakref.WeakKeyDictionary()
+
+
+def _crossing(loop: asyncio.AbstractEventLoop) -> _Crossing:
+    crossing = _crossings.get(loop)
+    if crossing is None:
+        with _lock:
+            crossing = _crossings.get(loop)
+            if crossing is None:
+                crossing = _crossings[loop] = _Crossing(loop)
+    return crossing
+
+
+def submit(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future:
+    """Run ``coro`` on ``loop`` (from another thread), like ``asyncio.run_coroutine_threadsafe``:
+    cancelling the returned future cancels the task."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def start() -> None:
+        if future.cancelled():
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        task.add_done_callback(lambda t: _settle(future, t))
+        future.add_done_callback(lambda f: f.cancelled() and not task.done() and task.cancel())
+
+    _crossing(loop).post(start)
+    return future
+
+
+def _settle(future: concurrent.futures.Future, task: "asyncio.Future[Any]") -> None:
+    try:
+        if task.cancelled():
+            future.cancel()
+        elif task.exception() is not None:
+            future.set_exception(task.exception())
+        else:
+            future.set_result(task.result())
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by its caller meanwhile
+
+
+async def wait(future: concurrent.futures.Future) -> Any:
+    """Await a future settled in another thread (like ``asyncio.wrap_future``); cancelling
+    the waiter cancels the future."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    crossing = _crossing(loop)
+    future.add_done_callback(lambda f: _deliver(crossing, f, waiter))
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+
+
+def _deliver(crossing: _Crossing, future: concurrent.futures.Future, waiter: "asyncio.Future[Any]") -> None:
+    try:
+        crossing.post(_copy_into, future, waiter)
+    except RuntimeError:
+        pass  # the waiting loop is closed: no one is left to tell
+
+
+def _copy_into(future: concurrent.futures.Future, waiter: "asyncio.Future[Any]") -> None:
+    if waiter.done():
+        return
+    if future.cancelled():
+        waiter.cancel()
+    elif future.exception() is not None:
+        waiter.set_exception(future.exception())
+    else:
+        waiter.set_result(future.result())

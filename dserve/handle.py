@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Dict, Iterator, Optional, Tuple, Union
 
 from .config import REPR_STATUS_TIMEOUT_S
 from .context import RequestContext, get_request_context, new_request_id
-from .event_loop import in_loop_thread
+from .event_loop import in_loop_thread, submit, wait
 from .config import STREAM_WINDOW
 from .exceptions import RayServeException, RequestCancelledError
 from .runtime import current_runtime, get_runtime
@@ -94,7 +94,7 @@ class DeploymentResponse:
         try:
             if isinstance(fut, asyncio.Future):
                 return await fut  # cancelling the caller cancels the call (Ray's semantics)
-            return await asyncio.wrap_future(fut)
+            return await wait(fut)
         except asyncio.CancelledError:
             if fut.cancelled():
                 raise RequestCancelledError(self._request_id) from None
@@ -171,7 +171,7 @@ class DeploymentResponseGenerator:
         if in_loop_thread(self._loop):
             item = await self._queue.get()
         else:
-            item = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop))
+            item = await wait(submit(self._queue.get(), self._loop))
         try:
             return self._take(item)
         except _Done:
@@ -362,7 +362,7 @@ def _status_tree() -> Tuple[Optional[Dict[str, Any]], str]:
 def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> _Future:
     if in_loop_thread(loop):
         return loop.create_task(coro)
-    return asyncio.run_coroutine_threadsafe(coro, loop)
+    return submit(coro, loop)
 
 
 def _rebuild_handle(cls: type, deployment: str, app: str, method: str, model_id: str, stream: bool) -> "DeploymentHandle":
