@@ -150,3 +150,67 @@ def test_scheduler_restart_restores_applications(cluster):
     assert _sync(rt, rt.rpc("dserve_status"))["restored_from_checkpoint"] is True
     wait_for(lambda: serve.status().applications["kept"].status == "RUNNING", timeout=60, what="RUNNING again")
     wait_for(lambda: httpx.get(url, timeout=5).status_code == 200, timeout=60, what="HTTP served again")
+
+
+APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
+
+
+def _greeter_config(*names):
+    return {"applications": [{"name": n, "route_prefix": f"/{n}", "import_path": "config_apps:greeter_app"}
+                             for n in names]}
+
+
+def _rpc(op, **kwargs):
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime
+
+    rt = current_runtime()
+    return _sync(rt, rt.rpc(op, **kwargs))
+
+
+def _let_go():
+    """This driver lets go of the cluster (the applications stay deployed)."""
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime, set_runtime
+
+    _sync(current_runtime(), current_runtime().close())
+    set_runtime(None)
+
+
+def test_kill_9_of_the_scheduler_mid_deploy_loses_no_running_application(tmp_path, monkeypatch):
+    """The scheduler SIGKILLed at several moments of a deploy (right away, while building, while
+    replicas start, about when they run): after each restart on the same state file the
+    application that had reached RUNNING is back and answering, and any application the
+    checkpoint caught mid-deploy finishes deploying."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
+    cluster = Cluster(tmp_path, workers=1)
+    try:
+        serve.start(address=cluster.address)
+        assert _rpc("dserve_deploy_config", config=_greeter_config("kept")) == {"ok": True}
+        wait_for(lambda: serve.status().applications["kept"].status == "RUNNING", timeout=60, what="kept RUNNING")
+        url = f"http://127.0.0.1:{cluster.http_port}"
+        assert httpx.get(f"{url}/kept", timeout=10).json()["text"] == "hello"
+        for k, delay in enumerate([0.0, 0.2, 0.5, 1.0]):
+            assert _rpc("dserve_deploy_config", config=_greeter_config("kept", f"new{k}")) == {"ok": True}
+            _let_go()
+            time.sleep(delay)  # the moment of the kill within the deploy
+            for p in [cluster.scheduler, *cluster.workers]:
+                p.kill()
+            for p in [cluster.scheduler, *cluster.workers]:
+                p.wait(30)
+            cluster.workers = []
+            cluster.start_scheduler()
+            cluster.add_worker()
+            cluster.wait_workers(1)
+            serve.start(address=cluster.address)
+            wait_for(lambda: serve.status().applications.get("kept") is not None, timeout=30,
+                     what=f"kept restored after the kill at {delay}s")
+            wait_for(lambda: all(a.status == "RUNNING" for a in serve.status().applications.values()), timeout=90,
+                     what=f"every restored application RUNNING after the kill at {delay}s")
+            wait_for(lambda: httpx.get(f"{url}/kept", timeout=5).status_code == 200, timeout=60,
+                     what="kept answering again")
+            assert httpx.get(f"{url}/kept", timeout=10).json()["text"] == "hello"
+            assert set(serve.status().applications) <= {"kept", f"new{k}"}
+    finally:
+        serve.shutdown()
+        cluster.stop()
