@@ -92,3 +92,54 @@ def test_a_slow_http_client_pauses_the_replica(producer):
     finally:
         done.set()
         reader.join(60)
+
+
+QUARTER_MIB = b"y" * (256 * 1024)
+
+
+@serve.deployment
+class Firehose:
+    """Streams 1 GiB as fast as it is taken."""
+
+    async def __call__(self, request):
+        async def body():
+            for _ in range(4096):
+                yield QUARTER_MIB
+        return StreamingResponse(body(), media_type="application/octet-stream")
+
+
+def test_a_1_gib_stream_to_a_client_reading_1_mib_per_s_keeps_memory_flat(serve_instance):
+    """RSS of every worker process (proxy and replica) sampled while a client reads a 1 GiB
+    response at 1 MiB/s: growth stays under 50 MiB (without flow control the whole
+    gigabyte would pile up in the proxy within seconds)."""
+    import time
+
+    import psutil
+    from distributed import Client
+
+    from dserve.runtime import current_runtime
+
+    serve.run(Firehose.bind(), name="firehose", route_prefix="/firehose")
+    url = f"{proxy_url()}/firehose"
+    with Client(current_runtime().scheduler_address, timeout=30) as client:
+        pids = list(client.run(lambda: __import__("os").getpid()).values())
+    procs = [psutil.Process(pid) for pid in pids]
+    baseline = [p.memory_info().rss for p in procs]
+    peak = list(baseline)
+    read = 0
+    try:
+        with httpx.Client(timeout=60) as http, http.stream("GET", url) as r:
+            assert r.status_code == 200
+            start = time.monotonic()
+            for chunk in r.iter_bytes(64 * 1024):
+                read += len(chunk)
+                while read > (time.monotonic() - start) * (1 << 20):  # 1 MiB/s
+                    time.sleep(0.01)
+                peak = [max(m, p.memory_info().rss) for m, p in zip(peak, procs)]
+                if time.monotonic() - start > 12:
+                    break
+    finally:
+        serve.delete("firehose")
+    growth_mib = max(p - b for p, b in zip(peak, baseline)) / (1 << 20)
+    assert 10 * (1 << 20) <= read < 14 * (1 << 20)  # the client really read slowly for 12 s
+    assert growth_mib < 50, f"a worker's RSS grew by {growth_mib:.0f} MiB"
