@@ -1,7 +1,8 @@
 """Proxy management: where HTTP/gRPC proxies run, starting, checking and stopping them.
 
 One per host (EveryNode), the scheduler's host (HeadOnly) or none (Disabled).
-The manager elects one worker per host, keeps that choice while the worker
+The manager elects one worker per host (a dedicated proxy worker, started with
+``--resources proxy=1``, first; then one hosting no replicas), keeps that choice while the worker
 lives, elects again when it leaves, and starts each elected proxy through the
 worker's ``dserve_proxy_start`` handler (``proxy.server.ProxyWorkerPlugin``).
 A healthy proxy is checked every ``PROXY_HEALTH_CHECK_PERIOD_S``
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional, Set
 from ..config import (HEALTH_CHECK_FAILURE_THRESHOLD, PROXY_HEALTH_CHECK_PERIOD_S, PROXY_HEALTH_CHECK_TIMEOUT_S,
                       PROXY_RETRY_AFTER_S, HTTPOptions, ProxyLocation, gRPCOptions)
 from ..schema import ProxyStatus
+from .placement import is_proxy_worker
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -84,8 +86,13 @@ class ProxyManager:
         chosen = []
         for host, members in by_host.items():
             sticky = [ws for ws in members if ws.address in self.proxies]
-            chosen.append(sticky[0] if sticky else min(members, key=lambda ws: ws.address))
+            chosen.append(sticky[0] if sticky else min(members, key=self._preference))
         return chosen
+
+    def _preference(self, ws: Any) -> tuple:
+        """Election order on a host: a dedicated proxy worker (``--resources proxy=1``), then a
+        worker hosting no replicas, then by address."""
+        return (not is_proxy_worker(ws), not self.controller.ledger.empty(ws.address), ws.address)
 
     def _spawn(self, record: Dict[str, Any], coro: Awaitable[Any]) -> None:
         record["pending"] = True
