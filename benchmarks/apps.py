@@ -76,6 +76,18 @@ def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
                     return item
 
         return Model.bind()
+    if kind == "cpu":  # 1 ms of pure-Python CPU per request, the GIL held (bare_app.py's /cpu)
+        import time
+
+        @serve.deployment(num_replicas=replicas, **options)
+        class Cpu:
+            async def __call__(self, request: Any = None) -> str:
+                end = time.perf_counter() + 0.001
+                while time.perf_counter() < end:
+                    pass
+                return "ok"
+
+        return Cpu.bind()
     if kind == "embeddings":  # a real model: examples/embeddings (see benchmarks/embeddings.py)
         from .embeddings import build as build_embeddings
 
