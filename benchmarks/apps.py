@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 
@@ -58,8 +59,6 @@ def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
 
         return Scaled.bind()
     if kind in ("batched", "unbatched"):
-        import time
-
         # a model whose call costs 2 ms plus 0.1 ms per item, and blocks (like real inference)
         if kind == "batched":
             @serve.deployment(max_ongoing_requests=64, **options)
@@ -76,6 +75,16 @@ def build(serve: Any, kind: str, replicas: int = 1, **options: Any) -> Any:
                     return item
 
         return Model.bind()
+    if kind == "cpu":  # 1 ms of pure-Python CPU per request, the GIL held (bare_app.py's /cpu)
+        @serve.deployment(num_replicas=replicas, **options)
+        class Cpu:
+            async def __call__(self, request: Any = None) -> str:
+                end = time.perf_counter() + 0.001
+                while time.perf_counter() < end:
+                    pass
+                return "ok"
+
+        return Cpu.bind()
     if kind == "embeddings":  # a real model: examples/embeddings (see benchmarks/embeddings.py)
         from .embeddings import build as build_embeddings
 

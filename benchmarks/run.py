@@ -3,6 +3,7 @@
     python -m benchmarks                       # dserve and the bare-uvicorn baseline
     python -m benchmarks --systems dserve,ray,bare --rounds 3 --seconds 5
     python -m benchmarks --systems dserve --scenarios embeddings --rounds 1   # a real model (opt-in)
+    python -m benchmarks --systems dserve-isolated,dserve-colocated,bare --scenarios cpu
 
 Each measurement prints one JSON line; a table of medians and ratios follows.
 Loads are bounded in time and sent only to 127.0.0.1.
@@ -40,6 +41,45 @@ def scenario_http_noop(sys_: Any, seconds: float, replicas: int, connections: in
     http_load(url, connections, 1)  # warm-up
     result = http_load(url, connections, seconds)
     emit(sys_.name, f"http_noop r{replicas} c{connections}{_tag(opts)}", **result)
+
+
+def scenario_cpu(sys_: Any, seconds: float, connections: int = 16) -> None:
+    """1 ms of pure-Python CPU per request on 2 replicas. The baseline: two bare uvicorn
+    processes running the same handler, each on its own port with its own load generator.
+    dserve gets the same two load generators, both at its proxy. Half the connections each."""
+    if sys_.name == "bare":
+        urls = [url + "cpu" for url in sys_.processes(2)]
+    else:
+        url = sys_.deploy("cpu", 2)
+        if url is None:
+            return
+        urls = [url, url]
+    for url in set(urls):
+        wait_http(url)
+    split_load(urls, connections, 1)  # warm-up
+    emit(sys_.name, f"cpu_1ms r2 c{connections}", **split_load(urls, connections, seconds))
+    if sys_.name == "bare":
+        sys_.keep(1)
+
+
+def split_load(urls: List[str], connections: int, seconds: float) -> Dict[str, float]:
+    """One load generator per URL, all at once, ``connections`` split between them: requests,
+    rates and errors summed; p50 the mean of the generators' medians, p99 the worst."""
+    import threading
+
+    results: List[Dict[str, float]] = [{} for _ in urls]
+
+    def run(i: int, url: str) -> None:
+        results[i] = http_load(url, max(1, connections // len(urls)), seconds)
+
+    threads = [threading.Thread(target=run, args=(i, url)) for i, url in enumerate(urls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"rps": sum(r["rps"] for r in results), "p50_ms": statistics.mean(r["p50_ms"] for r in results),
+            "p99_ms": max(r["p99_ms"] for r in results), "errors": sum(r["errors"] for r in results),
+            "requests": sum(r["requests"] for r in results)}
 
 
 def scenario_http_compose(sys_: Any, seconds: float, connections: int = 16, **opts: Any) -> None:
@@ -254,10 +294,10 @@ def table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", default="dserve,bare,ray")
+    parser.add_argument("--systems", default="dserve,bare,ray", help=f"comma-separated, of: {', '.join(SYSTEMS)}")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="startup,http,compose,handle,stream,batch,autoscale,soak,memory,grpc",
+    parser.add_argument("--scenarios", default="startup,http,cpu,compose,handle,stream,batch,autoscale,soak,memory,grpc",
                         help="comma-separated; `embeddings` (a real model, examples/embeddings) is opt-in")
     parser.add_argument("--embed-texts", type=int, default=20_000, help="texts in the offline embeddings run")
     args = parser.parse_args()
@@ -277,7 +317,7 @@ def main() -> None:
         for replicas in (1, 2):
             for conns in (16, 64):
                 plan.append(lambda x, r=replicas, c=conns: scenario_http_noop(x, s, r, c))
-    simple = {"compose": scenario_http_compose, "handle": scenario_handle, "stream": scenario_stream,
+    simple = {"cpu": scenario_cpu, "compose": scenario_http_compose, "handle": scenario_handle, "stream": scenario_stream,
               "batch": scenario_batching, "autoscale": scenario_autoscale, "soak": scenario_soak}
     for key, scenario in simple.items():
         if key in wanted:

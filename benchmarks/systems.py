@@ -1,7 +1,11 @@
 """The systems under test, each able to serve a no-op HTTP endpoint and handle calls.
 
-``bare``: uvicorn + Starlette in a subprocess (the HTTP limit of this stack).
-``dserve``: the embedded cluster, one no-op deployment behind the proxy.
+``bare``: uvicorn + Starlette in a subprocess (the HTTP limit of this stack); the CPU
+scenario starts a second one (two processes, each on its own port).
+``dserve``: the embedded cluster, one no-op deployment behind the proxy (the default
+placement, isolated); ``dserve-isolated`` / ``dserve-colocated``: with Dask config
+``dserve.placement`` set to either (colocated: no proxy worker, replicas may share the
+proxy's process).
 ``dserve-nometrics``: the same with metrics turned off; ``dserve-noaccesslog``: with the access log off.
 ``ray``: Ray Serve, when ``ray[serve]`` is installed (``pip install -e ".[bench]"``).
 """
@@ -44,9 +48,25 @@ class Bare:
     note = ""
 
     def start(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "bare_app.py"), str(self.port)])
-        wait_http(self.url(""))
+        self.procs: list = []  # (port, process)
+        self.processes(1)
+        self.port = self.procs[0][0]
+
+    def processes(self, n: int) -> list:
+        """The base URLs of ``n`` bare processes, each on its own port (started as needed)."""
+        while len(self.procs) < n:
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "bare_app.py"), str(port)])
+            self.procs.append((port, proc))
+            wait_http(f"http://127.0.0.1:{port}/")
+        return [f"http://127.0.0.1:{port}/" for port, _ in self.procs[:n]]
+
+    def keep(self, n: int) -> None:
+        """Stop the processes beyond the first ``n`` (later scenarios measure one)."""
+        extra, self.procs = self.procs[n:], self.procs[:n]
+        for _, proc in extra:
+            proc.terminate()
+            proc.wait(10)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
@@ -58,11 +78,13 @@ class Bare:
         return None
 
     def pids(self) -> list:
-        return [self.proc.pid]
+        return [proc.pid for _, proc in self.procs]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        for _, proc in self.procs:
+            proc.terminate()
+        for _, proc in self.procs:
+            proc.wait(10)
 
 
 class _ServeAPI:
@@ -112,6 +134,37 @@ class DServe(_ServeAPI):
 
     def stop(self) -> None:
         self.serve.shutdown()
+
+
+class DServePlacement(DServe):
+    """dserve with Dask config ``dserve.placement`` set (the scheduler, in this process, reads it)."""
+
+    placement = "isolated"
+
+    def start(self) -> None:
+        import dask
+
+        self._config = dask.config.set({"dserve.placement": self.placement})
+        super().start()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self._config.__exit__(None, None, None)
+
+
+class DServeIsolated(DServePlacement):
+    """Each replica in a worker process of its own, the proxy in another (the default)."""
+
+    name = "dserve-isolated"
+
+
+class DServeColocated(DServePlacement):
+    """No proxy worker; replicas spread over the workers, the proxy's included."""
+
+    name = "dserve-colocated"
+    placement = "colocated"
 
 
 class DServeNoMetrics(DServe):
@@ -183,6 +236,7 @@ class Ray(_ServeAPI):
         ray.shutdown()
 
 
-SYSTEMS: dict[str, Callable[[], Any]] = {"bare": Bare, "dserve": DServe, "dserve-nometrics": DServeNoMetrics,
+SYSTEMS: dict[str, Callable[[], Any]] = {"bare": Bare, "dserve": DServe, "dserve-isolated": DServeIsolated,
+                                         "dserve-colocated": DServeColocated, "dserve-nometrics": DServeNoMetrics,
                                          "dserve-noaccesslog": DServeNoAccessLog,
                                          "ray": Ray}

@@ -12,6 +12,7 @@ import time
 import warnings
 from typing import Any, Dict, Optional, Union
 
+import dask
 from distributed.protocol.pickle import dumps as dask_dumps
 
 from .cluster import close_embedded_cluster, find_address, find_security, start_embedded_cluster
@@ -78,7 +79,8 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
     if scheduler_address is None:
         if worker_or_none() is not None:
             raise RayServeException("inside a Dask worker, dserve uses the worker's own scheduler")
-        _owned_cluster = start_embedded_cluster(security)
+        location = options.get("proxy_location") or dask.config.get("dserve.proxy-location", None)
+        _owned_cluster = start_embedded_cluster(security, proxies=ProxyLocation.parse(location) != ProxyLocation.Disabled)
         scheduler_address = _owned_cluster.scheduler_address
         security = _owned_cluster.security
         options["embedded"] = True  # lives and dies with this process: no state file needed

@@ -20,6 +20,8 @@ from typing import Any, Dict, Optional
 import dask
 from distributed.deploy.subprocess import SubprocessWorker
 
+from .config import EMBEDDED_MAX_WORKERS_PER_CPU, EMBEDDED_PROXY_THREADS, EMBEDDED_THREADS_PER_WORKER, PROXY_RESOURCE
+
 __all__ = ["find_address", "find_security", "start_embedded_cluster", "close_embedded_cluster"]
 
 logger = logging.getLogger("dserve")
@@ -91,12 +93,21 @@ def _tls_files(security: Any) -> Dict[str, str]:
 class _SessionWorker(SubprocessWorker):
     """A ``dask spec`` worker subprocess in a session of its own: a Ctrl-C at the terminal
     reaches only the driver, which then closes the cluster in order (workers interrupted
-    mid-shutdown print Dask tracebacks)."""
+    mid-shutdown print Dask tracebacks). ``env``: variables it gets on top of this process's
+    (workers Adaptive adds later are as quiet as the first ones)."""
+
+    def __init__(self, *args: Any, env: Optional[Dict[str, str]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env = dict(env or {})
 
     async def _start(self) -> None:
-        spec = json.dumps({"cls": self.worker_class, "opts": {**self.worker_kwargs}})
+        opts = {**self.worker_kwargs}
+        if self.name is not None:  # the spec's name, so Adaptive finds the worker it retires
+            opts.setdefault("name", self.name)
+        spec = json.dumps({"cls": self.worker_class, "opts": opts})
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, start_new_session=True)
+            sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, start_new_session=True,
+            env={**os.environ, **self.env})
 
 
 def embedded_security(security: Any = None) -> Any:
@@ -114,35 +125,67 @@ def embedded_security(security: Any = None) -> Any:
     return Security.temporary()
 
 
-def start_embedded_cluster(security: Any = None) -> Any:
+def _adaptive_bounds(replica_workers: int, proxy_worker: bool) -> Optional[Dict[str, Any]]:
+    """Dask config ``dserve.embedded.adaptive``: unset means adaptive between the workers
+    started and 1 + ``EMBEDDED_MAX_WORKERS_PER_CPU`` replica workers per CPU; ``false``
+    turns it off; a mapping (e.g. ``{"minimum": 1, "maximum": 4}``) is passed to ``adapt``."""
+    setting = dask.config.get("dserve.embedded.adaptive", None)
+    if setting is None:
+        base = replica_workers + proxy_worker
+        most = max(replica_workers, EMBEDDED_MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)) + proxy_worker
+        return {"minimum": base, "maximum": most}
+    if setting in (False, "false", "off", "") or not setting:
+        return None
+    return {k.replace("-", "_"): v for k, v in dict(setting).items()}
+
+
+def _worker(threads: int, env: Dict[str, str], **extra: Any) -> Dict[str, Any]:
+    return {
+        "cls": _SessionWorker,
+        "options": {
+            "worker_class": "distributed.Nanny",
+            "env": env,
+            # the HTTP server (/metrics, /health) on loopback, as everything else
+            "worker_kwargs": {"host": "127.0.0.1", "nthreads": threads, "memory_limit": "auto",
+                              "dashboard_address": "127.0.0.1:0", **extra},
+        },
+    }
+
+
+def start_embedded_cluster(security: Any = None, proxies: bool = True) -> Any:
     """Start the embedded cluster: a scheduler in this process, workers in subprocesses.
 
     Workers are ``dask spec`` subprocesses (each a Nanny and its worker), not
     multiprocessing children, so a script without an ``if __name__ ==
     "__main__"`` guard is not re-executed in them; each in its own session, so
-    a Ctrl-C reaches only this process, which closes them. Sized by Dask config
-    ``dserve.embedded.n-workers`` (default 2) and
-    ``dserve.embedded.threads-per-worker`` (default 4): each thread is one CPU
-    slot for ``ray_actor_options={"num_cpus": ...}``. ``dserve.embedded.adaptive``
-    (e.g. ``{"minimum": 1, "maximum": 4}``) makes it adaptive: Dask adds workers
-    for replicas that do not fit and retires idle ones. With a ``security`` (or Dask
-    config ``dserve.embedded.security: temporary``) every comm uses TLS with client
-    certificates; the workers get their certificates through the environment.
+    a Ctrl-C reaches only this process, which closes them. The layout (README
+    "Process layout and isolation"): with isolated placement (the default) and
+    ``proxies``, one proxy worker (``--resources proxy=1``, one thread) for the
+    HTTP/gRPC proxy, plus Dask config ``dserve.embedded.n-workers`` replica workers
+    (default one per CPU) of ``dserve.embedded.threads-per-worker`` threads (default
+    4; each thread is one CPU slot for ``ray_actor_options={"num_cpus": ...}``).
+    With ``dserve.placement: colocated`` there is no proxy worker: the proxy shares a
+    replica worker. Adaptive by default (see ``_adaptive_bounds``): Dask adds workers
+    for replicas that do not fit or share a process and retires idle ones. With a
+    ``security`` (or Dask config ``dserve.embedded.security: temporary``) every comm uses
+    TLS with client certificates; the workers get their certificates through the
+    environment.
     """
     from distributed import Scheduler
     from distributed.deploy.spec import SpecCluster
 
-    n_workers = int(dask.config.get("dserve.embedded.n-workers", 2))
-    threads = int(dask.config.get("dserve.embedded.threads-per-worker", 4))
-    worker = {
-        "cls": _SessionWorker,
-        "options": {
-            "worker_class": "distributed.Nanny",
-            # the HTTP server (/metrics, /health) on loopback, as everything else
-            "worker_kwargs": {"host": "127.0.0.1", "nthreads": threads, "memory_limit": "auto",
-                              "dashboard_address": "127.0.0.1:0"},
-        },
-    }
+    from .controller.placement import placement_mode
+
+    proxy_worker = proxies and placement_mode() == "isolated"
+    n_workers = int(dask.config.get("dserve.embedded.n-workers", None) or os.cpu_count() or 1)
+    threads = int(dask.config.get("dserve.embedded.threads-per-worker", EMBEDDED_THREADS_PER_WORKER))
+    quiet = dask.config.get("dserve.embedded.quiet", True)
+    env = {"DASK_LOGGING__DISTRIBUTED": "warning"} if quiet and "DASK_LOGGING__DISTRIBUTED" not in os.environ else {}
+    worker = _worker(threads, env)
+    workers: Dict[Any, Dict[str, Any]] = {}
+    if proxy_worker:
+        workers["dserve-proxy"] = _worker(EMBEDDED_PROXY_THREADS, env, resources={PROXY_RESOURCE: 1})
+    workers.update({i: worker for i in range(n_workers)})
     scheduler = {
         "cls": Scheduler,
         "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"},
@@ -153,33 +196,27 @@ def start_embedded_cluster(security: Any = None) -> Any:
         tls_env = _tls_files(security)
         os.environ.update(tls_env)  # worker subprocesses, including later adaptive ones (undone at close)
         scheduler["options"].update(security=security, protocol="tls")
-        worker["options"]["worker_kwargs"]["protocol"] = "tls"
-    quiet = dask.config.get("dserve.embedded.quiet", True)
-    saved = os.environ.get("DASK_LOGGING__DISTRIBUTED")
-    if quiet and saved is None:  # worker subprocesses inherit this at spawn
-        os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
-    try:
-        with dask.config.set({"distributed.scheduler.worker-ttl": "30s"}):
-            cluster = SpecCluster(
-                workers={i: worker for i in range(n_workers)},
-                scheduler=scheduler,
-                worker=worker,
-                name="dserve-embedded",
-                silence_logs=logging.WARNING if quiet else False,
-                security=security,
-            )
-    finally:
-        if quiet and saved is None:
-            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
-    adaptive = dask.config.get("dserve.embedded.adaptive", None)
-    if adaptive:  # e.g. {"minimum": 1, "maximum": 4}: workers follow serving demand
-        cluster.adapt(**{k.replace("-", "_"): v for k, v in dict(adaptive).items()})
-        n_workers = min(n_workers, int(dict(adaptive).get("minimum", 0)) or n_workers)
+        for spec in workers.values():
+            spec["options"]["worker_kwargs"]["protocol"] = "tls"
+    with dask.config.set({"distributed.scheduler.worker-ttl": "30s"}):
+        cluster = SpecCluster(
+            workers=workers,
+            scheduler=scheduler,
+            worker=worker,
+            name="dserve-embedded",
+            silence_logs=logging.WARNING if quiet else False,
+            security=security,
+        )
+    expected = len(workers)
+    adaptive = _adaptive_bounds(n_workers, proxy_worker)
+    if adaptive:  # workers follow serving demand (see controller.cluster_coupling)
+        cluster.adapt(**adaptive)
+        expected = min(expected, int(adaptive.get("minimum", 0)) or expected)
     deadline = time.monotonic() + 120
-    while len(cluster.scheduler.workers) < n_workers:  # subprocess workers connect on their own
+    while len(cluster.scheduler.workers) < expected:  # subprocess workers connect on their own
         if time.monotonic() > deadline:
             cluster.close()
-            raise TimeoutError(f"the embedded cluster's {n_workers} workers did not connect within 120s")
+            raise TimeoutError(f"the embedded cluster's {expected} workers did not connect within 120s")
         time.sleep(0.02)
     logger.info("dserve started an embedded Dask cluster at %s", cluster.scheduler_address)
     cluster.dserve_env = tls_env

@@ -77,6 +77,12 @@ DEFAULT_MAX_CONNECTIONS = 10_000  # open connections per proxy; more are answere
 PROXY_FD_RESERVE = 256  # file descriptors a proxy's worker keeps beyond max_connections (RLIMIT_NOFILE bounds it)
 REJECT_LINGER_S = 2.0  # after a 4xx/503 a proxy reads and drops what the client still sends this long, then closes
 MAX_PROXIES_PER_HOST = 64  # HTTPOptions.proxies_per_host: proxy processes sharing one host's port
+# process layout (README "Process layout and isolation")
+PROXY_RESOURCE = "proxy"  # workers started with `--resources proxy=1` are dedicated proxy workers
+PLACEMENT_MODES = ("isolated", "colocated")  # Dask config `dserve.placement`; the first is the default
+EMBEDDED_THREADS_PER_WORKER = 4  # `dserve.embedded.threads-per-worker`: CPU slots of each replica worker
+EMBEDDED_PROXY_THREADS = 1  # the embedded cluster's proxy worker (it runs the proxy, not replicas)
+EMBEDDED_MAX_WORKERS_PER_CPU = 2  # the adaptive embedded cluster grows to 1 + this many replica workers per CPU
 # the Serve page on the Dask scheduler's dashboard server (see ``dashboard``)
 SERVE_PAGE_PATH = "serve"  # the page; its data at SERVE_PAGE_PATH + "/api/status"
 SERVE_PAGE_REFRESH_S = 2.0  # the page fetches new data this often

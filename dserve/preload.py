@@ -12,6 +12,7 @@ import click
 
 from .config import HTTPOptions, ProxyLocation
 from .controller import Controller
+from .controller.placement import placement_mode
 
 __all__ = ["dask_setup"]
 
@@ -26,6 +27,8 @@ __all__ = ["dask_setup"]
 @click.option("--dserve-rest-host", default=None, help="Host the REST admin API binds (default 127.0.0.1).")
 @click.option("--dserve-rest-token", default=None, help="Bearer token the REST admin API requires.")
 @click.option("--dserve-state-path", default=None, help="File the controller checkpoints its goal state to.")
+@click.option("--dserve-placement", default=None,
+              help="isolated (default: a replica gets a worker process of its own when one fits) or colocated.")
 def dask_setup(
     scheduler: Any,
     dserve_http_host: Optional[str],
@@ -36,6 +39,7 @@ def dask_setup(
     dserve_rest_host: Optional[str],
     dserve_rest_token: Optional[str],
     dserve_state_path: Optional[str],
+    dserve_placement: Optional[str] = None,
 ) -> None:
     """Preload entry point: ``dask scheduler --preload dserve [--dserve-* options]``."""
     options: Dict[str, Any] = {}
@@ -53,4 +57,6 @@ def dask_setup(
         options["rest_token"] = dserve_rest_token
     if dserve_state_path:
         options["state_path"] = dserve_state_path
+    if dserve_placement:
+        options["placement"] = placement_mode(dserve_placement)
     scheduler.add_plugin(Controller(options))

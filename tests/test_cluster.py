@@ -9,7 +9,7 @@ import pytest
 
 import dserve as serve
 from dserve.exceptions import ActorDiedError
-from conftest import free_port, wait_for
+from conftest import free_port, proxy_details, wait_for
 
 
 @serve.deployment(num_replicas=2, max_replicas_per_node=None)
@@ -70,7 +70,13 @@ def test_preload_controller_and_run_with_address(standalone_cluster):
     assert time.monotonic() - start < 30
     pids = {h.remote().result() for _ in range(30)}
     worker_pids = {p.pid for p in procs[1:]}
-    assert pids == worker_pids  # spread over both workers
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        proxy_pid = client.run(os.getpid)[next(iter(proxy_details().values()))["worker"]]
+    # isolated placement: the proxy keeps its worker to itself; with no third worker, Front and
+    # WhereAmI share the other one (another deployment, rather than the proxy's process)
+    assert pids == {h.pid.remote().result()} == worker_pids - {proxy_pid}
 
 
 @pytest.mark.slow

@@ -303,7 +303,7 @@ def test_websockets_through_a_fastapi_ingress(http, clean):
     serve.run(Chat.bind(), name="chat", route_prefix="/chat")
     url = str(http.base_url).replace("http://", "ws://").rstrip("/") + "/chat/ws"
     replicas = set()
-    for session in range(6):  # both replicas: one in the proxy's process, one over the data plane
+    for session in range(6):  # both replicas, over the data plane
         with ws_client.connect(url) as conn:
             for word in ("a", "b"):
                 conn.send(f"{word}{session}")

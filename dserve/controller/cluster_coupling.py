@@ -9,13 +9,19 @@ the method, for the HTTP ``/api/v1/adaptive_target`` route and the
 desired-workers gauge, and the RPC handler, for ``distributed.deploy.Adaptive``
 used by LocalCluster, dask-jobqueue and dask-kubernetes — and ``uninstall``
 puts Dask's back. The target becomes at least the workers hosting replicas or
-proxies plus the workers needed for replicas that cannot be placed
-(``note_unplaceable``).
+proxies (and dedicated proxy workers) plus the workers needed for replicas that
+cannot be placed (``note_unplaceable``) plus, with isolated placement, one for
+each deployment (or proxy) sharing a worker process with another (``crowded``):
+once such a worker joins, the shared replica moves there (``replicas.relocate``).
 """
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+
+from ..config import PROXY_RESOURCE
+from ..schema import ReplicaState
+from .placement import is_proxy_worker
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -53,11 +59,33 @@ class ClusterCoupling:
         self.original = None
 
     def hosts(self) -> Set[str]:
-        """Workers that must stay: they run replicas or a proxy."""
+        """Workers that must stay: they run replicas or a proxy, or are dedicated proxy workers."""
         busy = {r.worker for app in self.controller.store.apps.values()
                 for dep in app.deployments.values() for r in dep.replicas.values()}
         busy.update(self.controller.proxies.proxies)
+        busy.update(address for address, ws in self.controller.scheduler.workers.items() if is_proxy_worker(ws))
         return busy
+
+    def crowded(self) -> int:
+        """Isolated placement: the workers that would give every deployment (and proxy) a
+        process of its own: on each worker, its tenants (deployments with live replicas
+        there, a proxy) beyond the first. O(replicas)."""
+        controller = self.controller
+        if controller.placement != "isolated":
+            return 0
+        tenants: Dict[str, Set[str]] = {}
+        for app in controller.store.apps.values():
+            for dep in app.deployments.values():
+                for r in dep.replicas.values():
+                    if r.state != ReplicaState.STOPPING and not r.moving and PROXY_RESOURCE not in r.demand:
+                        tenants.setdefault(r.worker, set()).add(dep.key)
+        proxies, workers = controller.proxies.proxies, controller.scheduler.workers
+        extra = 0
+        for address, deployments in tenants.items():
+            ws = workers.get(address)
+            with_proxy = address in proxies or (ws is not None and is_proxy_worker(ws))
+            extra += max(0, len(deployments) + with_proxy - 1)
+        return extra
 
     def extra_workers(self) -> int:
         """Workers to add for the replicas that cannot be placed now."""
@@ -70,12 +98,14 @@ class ClusterCoupling:
         return max(1, math.ceil(cpus / per_worker))
 
     def desired_workers(self) -> int:
-        return len(self.hosts() & set(self.controller.scheduler.workers)) + self.extra_workers()
+        return len(self.hosts() & set(self.controller.scheduler.workers)) + self.extra_workers() + self.crowded()
 
     def adaptive_target(self, target_duration: Any = None) -> int:
         assert self.original is not None
         return max(self.original(target_duration), self.desired_workers())
 
     def removable(self, workers: List[Any]) -> List[Any]:
+        """Workers hosting nothing: no replica or proxy, and no actor (a drained replica's
+        actor is released a moment after its record; Dask would refuse to retire it)."""
         keep = self.hosts()
-        return [ws for ws in workers if ws.address not in keep]
+        return [ws for ws in workers if ws.address not in keep and not ws.actors]

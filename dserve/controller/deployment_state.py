@@ -19,7 +19,7 @@ from ..types import ReplicaSetSnapshot
 from .status import deployment_status, settle_status
 from .autoscaling import DeploymentScaler
 from .replicas import (
-    ReplicaRecord, check_health_on_worker, drain_stopping, reconfigure_replica, start_missing,
+    ReplicaRecord, check_health_on_worker, drain_stopping, reconfigure_replica, relocate, start_missing,
 )
 
 if TYPE_CHECKING:
@@ -152,10 +152,12 @@ class DeploymentState:
             drain_stopping(self)
             return
         version = self.run_version
+        if self.status == DeploymentStatus.HEALTHY and self.controller.placement == "isolated":
+            relocate(self)  # a replica sharing a process moves to a free worker (rolling)
         active = [r for r in self.replicas.values()
                   if r.state in (ReplicaState.STARTING, ReplicaState.RECOVERING, ReplicaState.RUNNING)]
-        current = [r for r in active if r.code_version == version]
-        outdated = [r for r in active if r.code_version != version]
+        current = [r for r in active if r.code_version == version and not r.moving]
+        outdated = [r for r in active if r.code_version != version or r.moving]
         if self.status != DeploymentStatus.DEPLOY_FAILED:
             missing = self.target - len(current)
             self.controller.coupling.note_unplaceable(self.key, None)
@@ -227,7 +229,7 @@ class DeploymentState:
         if self.replicas.pop(r.replica_id, None) is None:
             return
         self.controller.metrics.forget_replica(r.replica_id)
-        self.controller.ledger.release(r.worker, r.demand)
+        self.controller.ledger.release(r.worker, r.demand, self.key)
         if r.future is not None:
             r.future.release()
             r.future = None

@@ -42,7 +42,7 @@ from .application_state import ApplicationState
 from .cluster_coupling import ClusterCoupling
 from .declarative import DeclarativeDeployer
 from .metrics import ControllerMetrics
-from .placement import PlacementLedger
+from .placement import PlacementLedger, placement_mode
 from .proxy_state import ProxyManager
 from .publisher import Publisher
 from .reconciler import Reconciler
@@ -88,7 +88,7 @@ def options_from_dask_config() -> Dict[str, Any]:
     http = {k.replace("-", "_"): v for k, v in http.items() if v is not None}
     if http:
         options["http_options"] = http
-    for key in ("proxy-location", "rest-port", "rest-host", "rest-token", "state-path"):
+    for key in ("proxy-location", "rest-port", "rest-host", "rest-token", "state-path", "placement"):
         if get(key) is not None:
             options[key.replace("-", "_")] = get(key)
     grpc = get("grpc-options")
@@ -116,6 +116,7 @@ class Controller(SchedulerPlugin):
         self.service = ControllerService(self)
         self.declarative = DeclarativeDeployer(self)
         self.ledger = PlacementLedger()
+        self.placement = placement_mode(self.options.get("placement"))  # "isolated" or "colocated"
         self.metrics = LoadMetrics()
         self.traffic = Traffic()  # request rates and latencies for the Serve page
         self.telemetry = ControllerMetrics(self)  # Prometheus metrics at the scheduler's /metrics
@@ -223,6 +224,10 @@ class Controller(SchedulerPlugin):
     # ---- what the parts ask of the cluster ----
     def placeable_workers(self) -> List["WorkerState"]:
         return [ws for ws in self.scheduler.workers.values() if ws.status == Status.running]
+
+    def proxy_workers(self) -> Set[str]:
+        """Workers running a proxy, or elected to run one (O(workers))."""
+        return set(self.proxies.proxies).union(ws.address for ws in self.proxies.elect())
 
     def worker_alive(self, address: str) -> bool:
         return address in self.scheduler.workers

@@ -5,9 +5,10 @@ up to ``HTTPOptions.proxies_per_host`` per host when that is above 1 (they share
 the port with ``SO_REUSEPORT``; without it on this platform, one per host). A
 "host" is a worker's ``ws.host``: workers on loopback aliases (127.0.0.2, ...)
 are different hosts, and their proxies bind those aliases (``proxy.server.bind_host``).
-The manager elects workers per host (those already elected first, then by
-address), keeps that choice while the worker lives, elects again when it
-leaves, and starts each elected proxy through the worker's
+The manager elects workers per host (those already elected first, then a
+dedicated proxy worker, started with ``--resources proxy=1``, then one hosting
+no replicas, then by address), keeps that choice while the worker lives, elects
+again when it leaves, and starts each elected proxy through the worker's
 ``dserve_proxy_start`` handler (``proxy.server.ProxyWorkerPlugin``).
 A healthy proxy is checked every ``PROXY_HEALTH_CHECK_PERIOD_S``
 (``dserve_proxy_check``); one whose HTTP server died is restarted at once, one
@@ -33,6 +34,7 @@ from ..config import (HEALTH_CHECK_FAILURE_THRESHOLD, PROXY_HEALTH_CHECK_PERIOD_
                       PROXY_RETRY_AFTER_S, HTTPOptions, ProxyLocation, gRPCOptions)
 from ..schema import ProxyStatus
 from ..uvicorn_server import reuse_port_supported
+from .placement import is_proxy_worker
 
 if TYPE_CHECKING:
     from .plugin import Controller
@@ -106,6 +108,15 @@ class ProxyManager:
                                "running one proxy per host", wanted)
             return 1
         return wanted
+        for host, members in by_host.items():
+            sticky = [ws for ws in members if ws.address in self.proxies]
+            chosen.append(sticky[0] if sticky else min(members, key=self._preference))
+        return chosen
+
+    def _preference(self, ws: Any) -> tuple:
+        """Election order on a host: a dedicated proxy worker (``--resources proxy=1``), then a
+        worker hosting no replicas, then by address."""
+        return (not is_proxy_worker(ws), not self.controller.ledger.empty(ws.address), ws.address)
 
     def _spawn(self, record: Dict[str, Any], coro: Awaitable[Any]) -> None:
         record["pending"] = True

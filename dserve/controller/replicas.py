@@ -23,11 +23,12 @@ from ..config import (
     CONTROL_CALL_TIMEOUT_S, HEALTH_CHECK_FAILURE_THRESHOLD, MAX_STARTING_REPLICAS, MAX_STOPPING_REPLICAS,
 )
 from ..schema import DeploymentStatusTrigger, ReplicaState
+from .placement import ALONE
 
 if TYPE_CHECKING:
     from .deployment_state import DeploymentState
 
-__all__ = ["ReplicaRecord", "Placement", "start_missing", "drain_stopping", "start_replica", "stop_replica", "reconfigure_replica", "check_health_on_worker"]
+__all__ = ["ReplicaRecord", "Placement", "start_missing", "relocate", "drain_stopping", "start_replica", "stop_replica", "reconfigure_replica", "check_health_on_worker"]
 
 logger = logging.getLogger("dserve.controller")
 
@@ -50,13 +51,15 @@ class ReplicaRecord:
     last_health: float = field(default_factory=time.monotonic)
     busy: bool = False  # a control call (reconfigure / health check) is running
     draining: bool = False  # stopping, and its drain has begun
+    moving: bool = False  # isolated placement: replaced by a replica on a worker of its own, then drained
     models: List[str] = field(default_factory=list)  # multiplexed model ids it holds
 
 
 class Placement:
     """One reconcile step's placement of a deployment's new replicas: the per-worker and
     per-host counts of its replicas, counted once (O(replicas)) and kept current as each
-    new replica is placed, and the workers considered, listed once."""
+    new replica is placed, and the workers considered, listed once (O(workers) per
+    replica, see ``placement``)."""
 
     def __init__(self, dep: "DeploymentState") -> None:
         self.dep = dep
@@ -67,8 +70,20 @@ class Placement:
                 self._count(r.worker, r.host)
         controller = dep.controller
         self.workers = controller.placeable_workers()
-        self.busy = frozenset(controller.proxies.proxies)
+        self.busy = controller.proxy_workers()
+        self.isolated = controller.placement == "isolated"
         self.demand = dep.spec.config.ray_actor_options.demand()
+
+    def free_worker(self) -> bool:
+        """Is there a worker hosting nothing (no replica, no proxy) this deployment's
+        replicas fit on? O(workers)."""
+        ledger, max_per_host = self.dep.controller.ledger, self.dep.spec.config.max_replicas_per_node
+        return any(
+            ledger.empty(ws.address) and ledger.fits(ws, self.demand)
+            and ledger.sharing(ws, self.dep.key, self.demand, self.busy) == ALONE
+            and (max_per_host is None or self.per_host.get(ws.host, 0) < max_per_host)
+            for ws in self.workers
+        )
 
     def _count(self, worker: str, host: str) -> None:
         self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
@@ -80,14 +95,15 @@ class Placement:
         dep, controller = self.dep, self.dep.controller
         max_per_host = dep.spec.config.max_replicas_per_node
         ledger = controller.ledger
-        ws = ledger.choose(self.workers, self.demand, self.per_worker, self.per_host, max_per_host, self.busy)
+        ws = ledger.choose(self.workers, self.demand, self.per_worker, self.per_host, max_per_host, self.busy,
+                           dep.key, self.isolated)
         if ws is None:
             reason = ledger.why_not(self.workers, self.demand, max_per_host, self.per_host)
             dep.message = f"Deployment '{dep.name}' has replicas that cannot be placed yet: {reason}."
             return None
         replica_id = f"{dep.app}#{dep.name}#{uuid.uuid4().hex[:8]}"
         app = controller.store.apps.get(dep.app)
-        ledger.reserve(ws.address, self.demand)
+        ledger.reserve(ws.address, self.demand, dep.key)
         self._count(ws.address, ws.host)
         return ReplicaRecord(
             replica_id=replica_id,
@@ -121,6 +137,26 @@ def start_missing(dep: "DeploymentState", missing: int, current: List[ReplicaRec
         dep.controller.reconciler.spawn(start_replica(dep, record))
         missing -= 1
         budget -= 1
+
+
+def relocate(dep: "DeploymentState") -> None:
+    """Isolated placement converges: a replica placed sharing its worker process (no worker
+    of its own fitted then; the cluster coupling asked for more) moves once a worker hosting
+    nothing fits. It is marked ``moving``: ``start_missing`` places its replacement there, and
+    it drains once that runs, as in a rolling update; the deployment stays HEALTHY. One at a
+    time, only while the deployment is settled; O(replicas), plus O(workers) when one shares."""
+    controller = dep.controller
+    replicas = list(dep.replicas.values())
+    if len(replicas) != dep.target or any(r.state != ReplicaState.RUNNING or r.moving for r in replicas):
+        return
+    ledger, proxies, workers = controller.ledger, controller.proxies.proxies, controller.scheduler.workers
+    for r in replicas:
+        ws = workers.get(r.worker)
+        if ws is not None and ledger.sharing(ws, dep.key, r.demand, proxies) != ALONE:
+            if Placement(dep).free_worker():
+                logger.info("moving replica %s off the shared worker %s to a worker of its own", r.replica_id, r.worker)
+                r.moving = True
+            return
 
 
 def drain_stopping(dep: "DeploymentState") -> None:

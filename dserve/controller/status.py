@@ -64,11 +64,16 @@ def settle_status(dep: "DeploymentState") -> None:
         return
     version = dep.run_version
     running = [r for r in dep.running() if r.code_version == version]
+    # a replica moving to a worker of its own (isolated placement) stands in for its replacement
+    # while that starts, then drains unseen: a settled deployment stays settled meanwhile
+    stand_ins = sum(1 for r in dep.replicas.values() if r.moving and r.state == ReplicaState.RUNNING)
+    waiting = [r for r in dep.replicas.values() if not r.moving and r.state != ReplicaState.RUNNING]
     settled = (
         len(running) == dep.target
         and all(r.code_version == version for r in dep.replicas.values())
         and all(r.user_config == dep.spec.config.user_config for r in running)
-        and not any(r.state != ReplicaState.RUNNING for r in dep.replicas.values())
+        and len(waiting) <= stand_ins
+        and not any(r.state == ReplicaState.STOPPING for r in waiting)
     )
     if settled:
         if dep.status != DeploymentStatus.HEALTHY:
