@@ -93,10 +93,16 @@ class ProxyManager:
             by_host.setdefault(ws.host, []).append(ws)
         per_host = self.per_host()
         chosen = []
-        for members in by_host.values():  # the elected stay elected; then the lowest addresses
-            members.sort(key=lambda ws: (ws.address not in self.proxies, ws.address))
+        for members in by_host.values():  # the elected stay elected; then by preference
+            members.sort(key=self._preference)
             chosen.extend(members[:per_host])
         return chosen
+
+    def _preference(self, ws: Any) -> tuple:
+        """Election order on a host: already elected, a dedicated proxy worker (``--resources
+        proxy=1``), a worker hosting no replicas, then by address."""
+        return (ws.address not in self.proxies, not is_proxy_worker(ws), not self.controller.ledger.empty(ws.address),
+                ws.address)
 
     def per_host(self) -> int:
         """Proxies per host: ``proxies_per_host``, or 1 where ``SO_REUSEPORT`` is missing."""
@@ -108,15 +114,6 @@ class ProxyManager:
                                "running one proxy per host", wanted)
             return 1
         return wanted
-        for host, members in by_host.items():
-            sticky = [ws for ws in members if ws.address in self.proxies]
-            chosen.append(sticky[0] if sticky else min(members, key=self._preference))
-        return chosen
-
-    def _preference(self, ws: Any) -> tuple:
-        """Election order on a host: a dedicated proxy worker (``--resources proxy=1``), then a
-        worker hosting no replicas, then by address."""
-        return (not is_proxy_worker(ws), not self.controller.ledger.empty(ws.address), ws.address)
 
     def _spawn(self, record: Dict[str, Any], coro: Awaitable[Any]) -> None:
         record["pending"] = True
