@@ -41,6 +41,10 @@ __all__ = ["PortInUseError", "bind_socket", "reuse_port_supported", "EmbeddedSer
 
 logger = logging.getLogger("dserve.proxy")
 
+# asyncio reads up to 256 KiB per recv on a plain Protocol: an allocation that size is an
+# mmap + mremap + munmap per read (glibc's mmap threshold is 128 KiB), whatever arrived
+READ_CHUNK_BYTES = 64 * 1024
+
 
 class PortInUseError(OSError):
     pass
@@ -295,6 +299,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.limits.max_connections
         over = limit is not None and len(self.connections) >= limit
         super().connection_made(transport)
+        if hasattr(transport, "max_size"):  # reads of at most 64 KiB come from the heap, not an mmap per read
+            transport.max_size = READ_CHUNK_BYTES  # type: ignore[attr-defined]
         self.transport = CorkedTransport(transport, self.loop)  # type: ignore[assignment]
         if over:
             self._reject(503, f"This proxy is at its limit of {limit} open connections; try again later.")
