@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "dserve"
 LAYERS: List[List[str]] = [
     ["dserve._version", "dserve.exceptions", "dserve.config", "dserve.schema", "dserve.spec", "dserve.wire",
      "dserve.types", "dserve.context", "dserve.serialization", "dserve.event_loop", "dserve.autoscale",
-     "dserve.uvicorn_server", "dserve.grpc_util", "dserve.auth", "dserve.metrics", "dserve.logs",
+     "dserve.uvicorn_server", "dserve.http_protocol", "dserve.timers", "dserve.grpc_util", "dserve.auth", "dserve.metrics", "dserve.logs",
      "dserve.status_schema", "dserve.status_view", "dserve.validation"],
     ["dserve.routing", "dserve.runtime"],
     ["dserve.handle", "dserve.deployment", "dserve.ingress", "dserve.batching", "dserve.multiplex", "dserve.build",

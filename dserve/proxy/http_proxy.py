@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..config import DISCONNECT_WATCH_AFTER_S
+from ..timers import FixedDelayTimers
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import Receive, RouteTable, Scope, Send
@@ -69,6 +70,7 @@ class HTTPProxy:
         self.draining = False
         self.access_log = True  # the proxies' LoggingConfig.enable_access_log ...
         self.access_log_off: frozenset = frozenset()  # ... and the applications whose ingress turned it off
+        self.disconnect_watches = FixedDelayTimers(DISCONNECT_WATCH_AFTER_S)
 
     def readiness(self) -> Optional[str]:
         """Why this proxy should not get traffic now (None: ready)."""
@@ -174,7 +176,7 @@ class HTTPProxy:
             watcher.add_done_callback(on_receive)
             watchers.append(watcher)
 
-        timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, watch_disconnect)
+        timer = self.disconnect_watches.call_later(watch_disconnect)
         try:
             forward = self._relay(scope, body, send, route, ctx, rid_header, state)
             if self.request_timeout_s:
@@ -199,7 +201,7 @@ class HTTPProxy:
             else:
                 logger.warning("request %s failed after its response started: %r", ctx.request_id, exc)
         finally:
-            timer.cancel()
+            FixedDelayTimers.cancel(timer)
             for watcher in watchers:
                 watcher.cancel()
 

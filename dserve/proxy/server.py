@@ -34,8 +34,8 @@ from ..logs import close_sink, open_sink, reconfigure_sink
 from ..metrics import enabled as metrics_enabled
 from ..runtime import get_runtime
 from ..types import ASGIApp, RouteTable
-from ..uvicorn_server import (ConnectionLimits, EmbeddedServer, GuardedHttpToolsProtocol, config, fd_bounded,
-                              reuse_port_supported)
+from ..http_protocol import ConnectionLimits, GuardedHttpToolsProtocol
+from ..uvicorn_server import EmbeddedServer, config, fd_bounded, reuse_port_supported
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
