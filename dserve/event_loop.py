@@ -7,8 +7,9 @@ work from sync code (``.result()``) and from any other event loop (``await``).
 Crossing between threads costs a wake-up of the other loop (a write to its
 self-pipe, a context switch). ``submit`` (a coroutine into dserve's loop) and
 ``wait`` (its result back into the caller's loop) batch them: whatever crosses to
-one loop while it has not yet woken rides on the same wake-up, so a hundred
-concurrent calls from a notebook's loop cost a few crossings, not two hundred.
+one loop during one turn of the sending loop (or before the receiver woke) rides
+on the same wake-up, so a hundred concurrent calls from a notebook's loop cost a
+few crossings, not two hundred.
 """
 from __future__ import annotations
 
@@ -102,11 +103,24 @@ class _Crossing:
         self.scheduled = False
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` for the loop. Posted from another running loop, the wake-up
+        waits for the end of that loop's current turn, so everything it posts meanwhile
+        (a burst of calls, the replies of one read) crosses in one wake-up."""
         with self.lock:
             self.items.append((fn, args))
             if self.scheduled:
                 return
             self.scheduled = True
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is not None and here is not self.loop:
+            here.call_soon(self._wake)
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
         try:
             self.loop.call_soon_threadsafe(self._run)
         except RuntimeError:  # the loop is closed
