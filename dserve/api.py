@@ -71,7 +71,7 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
         address is None or address == runtime.scheduler_address
     ):
         if options:
-            _sync(runtime, runtime.rpc("dserve_start", options=options), timeout=60)
+            _warn_unhealthy_proxies(_sync(runtime, runtime.rpc("dserve_start", options=options), timeout=60))
         return runtime
     scheduler_address = find_address(address)
     options = dict(options or {})
@@ -91,7 +91,18 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
         raise
     set_runtime(runtime)
     _log_serve_page(started.get("serve_page"))
+    _warn_unhealthy_proxies(started)
     return runtime
+
+
+def _warn_unhealthy_proxies(started: Dict[str, Any]) -> None:
+    """Tell the caller of ``serve.start``/``serve.run`` (a ``RuntimeWarning`` pointing at
+    their line) about each proxy that could not start, e.g. because its port is taken; the
+    controller keeps retrying it and ``serve.status().proxy_messages`` keeps the reason."""
+    for host, proxy in (started.get("proxies") or {}).items():
+        if proxy.get("status") == "UNHEALTHY":
+            warnings.warn(f"dserve: the proxy on {host} is UNHEALTHY: {proxy.get('message')}",
+                          RuntimeWarning, stacklevel=4)  # this, _connect, start/run, the caller
 
 
 def _log_serve_page(url: Optional[str]) -> None:
