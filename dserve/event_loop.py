@@ -3,6 +3,7 @@
 In a Dask worker (replicas, proxies, tasks) that is the worker's own loop. In a
 driver, script or notebook it is a daemon thread owned by dserve, so handles
 work from sync code (``.result()``) and from any other event loop (``await``).
+A blocking control call made on that loop's own thread runs on ``side_loop``.
 
 Crossing between threads costs a wake-up of the other loop (a write to its
 self-pipe, a context switch). ``submit`` (a coroutine into dserve's loop) and
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 if TYPE_CHECKING:
     from distributed import Worker
 
-__all__ = ["home_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait"]
+__all__ = ["home_loop", "side_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait"]
 
 logger = logging.getLogger("dserve")
 
 _lock = threading.Lock()
 _thread_loop: Optional[asyncio.AbstractEventLoop] = None
+_side_loop: Optional[asyncio.AbstractEventLoop] = None
 _process_worker: Optional["Worker"] = None  # set by dserve's worker plugin in worker processes
 
 
@@ -53,7 +55,7 @@ def worker_or_none() -> Optional["Worker"]:
         return None
 
 
-def _start_thread_loop() -> asyncio.AbstractEventLoop:
+def _start_thread_loop(name: str = "dserve-event-loop") -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
@@ -62,7 +64,7 @@ def _start_thread_loop() -> asyncio.AbstractEventLoop:
         loop.call_soon(ready.set)
         loop.run_forever()
 
-    thread = threading.Thread(target=run, name="dserve-event-loop", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     ready.wait()
     return loop
@@ -79,6 +81,18 @@ def home_loop() -> asyncio.AbstractEventLoop:
             if _thread_loop is None or _thread_loop.is_closed():
                 _thread_loop = _start_thread_loop()
     return _thread_loop
+
+
+def side_loop() -> asyncio.AbstractEventLoop:
+    """A second loop, on a daemon thread of its own, for the control calls that sync code makes
+    on the home loop's own thread (``serve.status()`` in a replica's ``async def``): the home
+    loop cannot run them while its thread waits for them."""
+    global _side_loop
+    if _side_loop is None or _side_loop.is_closed():
+        with _lock:
+            if _side_loop is None or _side_loop.is_closed():
+                _side_loop = _start_thread_loop("dserve-control-calls")
+    return _side_loop
 
 
 def in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 import dserve as serve
 from dserve.schema import ProxyStatus
-from conftest import free_port, proxy_details
+from conftest import free_port, proxy_details, wait_for
 
 
 def _occupied_port() -> socket.socket:
@@ -68,3 +68,70 @@ def test_the_status_table_shows_why_a_proxy_is_unhealthy():
         "127.0.0.1  UNHEALTHY  HTTP proxy could not start on tcp://127.0.0.1:1: port 8 on 127.0.0.1 is already in use …",
         "127.0.0.2  HEALTHY",
     ]
+
+
+# ---- serve.* control calls from inside replicas -------------------------------------------------
+
+@serve.deployment
+class Echo:
+    def __call__(self, x):
+        return f"echo {x}"
+
+
+@serve.deployment
+class Operator:
+    """Ray users call serve.* synchronously in replicas, in async methods too."""
+
+    async def __call__(self):
+        return {name: app.status for name, app in serve.status().applications.items()}
+
+    def sync_status(self):
+        return {name: app.status for name, app in serve.status().applications.items()}
+
+    async def call_app(self, name, x):
+        return await serve.get_app_handle(name).remote(x)
+
+    async def call_deployment(self, app, deployment, x):
+        return await serve.get_deployment_handle(deployment, app).remote(x)
+
+    async def missing_app(self):
+        try:
+            serve.get_app_handle("nope")
+        except Exception as exc:  # noqa: BLE001 - returned for the test to pin
+            return type(exc).__name__, str(exc)
+
+    async def delete(self, name):
+        serve.delete(name)
+
+    async def deploy_and_call(self, name, x):
+        handle = serve.run(Echo.bind(), name=name, route_prefix=None)
+        return await handle.remote(x)
+
+
+@pytest.fixture(scope="module")
+def operator(serve_instance):
+    serve.run(Echo.bind(), name="victim", route_prefix="/victim")
+    handle = serve.run(Operator.bind(), name="probe", route_prefix="/probe")
+    yield handle
+    for name in list(serve.status().applications):
+        serve.delete(name)
+
+
+def test_serve_status_from_an_async_replica_method(operator):
+    assert operator.remote().result(timeout_s=30) == {"victim": "RUNNING", "probe": "RUNNING"}
+    assert operator.sync_status.remote().result(timeout_s=30) == {"victim": "RUNNING", "probe": "RUNNING"}
+
+
+def test_handles_from_an_async_replica_method(operator):
+    assert operator.call_app.remote("victim", 1).result(timeout_s=30) == "echo 1"
+    assert operator.call_deployment.remote("victim", "Echo", 2).result(timeout_s=30) == "echo 2"
+    assert operator.missing_app.remote().result(timeout_s=30) == (
+        "RayServeException", "Application 'nope' does not exist.")
+
+
+def test_serve_run_and_delete_from_an_async_replica_method(operator):
+    assert operator.deploy_and_call.remote("child", 3).result(timeout_s=60) == "echo 3"
+    assert serve.status().applications["child"].status == "RUNNING"
+    assert operator.delete.remote("victim").result(timeout_s=30) is None
+    wait_for(lambda: "victim" not in serve.status().applications, timeout=30, what="victim deleted")
+    assert operator.remote().result(timeout_s=30) == {"probe": "RUNNING", "child": "RUNNING"}
