@@ -3,7 +3,9 @@ calls from inside replicas (async methods included), event-loop use in a sync co
 updates of ``max_ongoing_requests`` and ``last_deployed_time_s``."""
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 import warnings
 
 import pytest
@@ -135,3 +137,40 @@ def test_serve_run_and_delete_from_an_async_replica_method(operator):
     assert operator.delete.remote("victim").result(timeout_s=30) is None
     wait_for(lambda: "victim" not in serve.status().applications, timeout=30, what="victim deleted")
     assert operator.remote().result(timeout_s=30) == {"probe": "RUNNING", "child": "RUNNING"}
+
+
+# ---- a sync constructor finds the replica's event loop -------------------------------------------
+
+@serve.deployment
+class Ticker:
+    def __init__(self):
+        self.ticks = 0
+        self.seen_in_task = None
+        self.task = asyncio.get_running_loop().create_task(self.tick())
+        self.helper = asyncio.create_task(self.note_context())  # asyncio's own helper, too
+        self.later = []
+        asyncio.get_running_loop().call_later(0.01, self.later.append, "called later")
+
+    async def tick(self):
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def note_context(self):
+        self.seen_in_task = serve.get_replica_context().deployment
+
+    async def __call__(self):
+        deadline = time.monotonic() + 20
+        while self.ticks < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return {"ticks >= 3": self.ticks >= 3, "task running": not self.task.done(),
+                "same loop": self.task.get_loop() is asyncio.get_running_loop(),
+                "helper saw": self.seen_in_task, "later": self.later}
+
+
+def test_a_sync_constructor_can_create_tasks_on_the_replica_loop(operator):
+    handle = serve.run(Ticker.bind(), name="ticker", route_prefix=None)
+    assert handle.remote().result(timeout_s=30) == {
+        "ticks >= 3": True, "task running": True, "same loop": True, "helper saw": "Ticker",
+        "later": ["called later"]}
+    serve.delete("ticker")
