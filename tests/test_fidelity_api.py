@@ -4,6 +4,7 @@ updates of ``max_ongoing_requests`` and ``last_deployed_time_s``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import warnings
@@ -174,3 +175,152 @@ def test_a_sync_constructor_can_create_tasks_on_the_replica_loop(operator):
         "ticks >= 3": True, "task running": True, "same loop": True, "helper saw": "Ticker",
         "later": ["called later"]}
     serve.delete("ticker")
+
+
+# ---- config schema defaults and required fields vs Ray Serve ---------------------------------------
+
+REQUIRED = "<required>"
+UNSET = "<unset>"  # Ray's DEFAULT.VALUE: an override that is not given changes nothing (dserve: None, unset)
+
+
+class DefaultOf:
+    """The field's default is a default instance of another schema in this table."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+# Ray Serve's documented defaults, from the signatures on docs.ray.io/en/latest/serve/api/doc/<name>.html
+# (e.g. ray.serve.schema.ServeDeploySchema.html, ray.serve.config.HTTPOptions.html) unless noted.
+RAY_DEFAULTS = {
+    "ServeDeploySchema": {  # ray.serve.schema.ServeDeploySchema.html
+        "proxy_location": "EveryNode", "http_options": DefaultOf("HTTPOptionsSchema"),
+        "grpc_options": DefaultOf("gRPCOptionsSchema"), "logging_config": None, "applications": REQUIRED,
+        "target_capacity": None},
+    "ServeApplicationSchema": {  # ray.serve.schema.ServeApplicationSchema.html
+        "name": "default", "route_prefix": "/", "import_path": REQUIRED, "runtime_env": {}, "host": "0.0.0.0",
+        "port": 8000, "deployments": [], "autoscaling_policy": None, "args": {}, "logging_config": None,
+        "external_scaler_enabled": False},
+    "DeploymentSchema": {  # ray.serve.schema.DeploymentSchema.html: every option DEFAULT.VALUE
+        "name": REQUIRED, **{f: UNSET for f in (
+            "num_replicas", "max_ongoing_requests", "max_queued_requests", "user_config", "autoscaling_config",
+            "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s", "health_check_period_s",
+            "health_check_timeout_s", "ray_actor_options", "placement_group_bundles", "placement_group_strategy",
+            "max_replicas_per_node", "logging_config", "request_router_config")}},
+    "RayActorOptionsSchema": {  # ray/serve/schema.py (the docs page renders no signature)
+        "runtime_env": {}, "num_cpus": None, "num_gpus": None, "memory": None, "resources": {},
+        "accelerator_type": None},
+    "HTTPOptionsSchema": {  # ray.serve.schema.HTTPOptionsSchema.html
+        "host": "0.0.0.0", "port": 8000, "root_path": "", "request_timeout_s": None, "keep_alive_timeout_s": 90,
+        "ssl_keyfile": None, "ssl_certfile": None, "ssl_keyfile_password": None, "ssl_ca_certs": None},
+    "gRPCOptionsSchema": {  # ray.serve.schema.gRPCOptionsSchema.html
+        "port": 9000, "grpc_servicer_functions": [], "request_timeout_s": None},
+    "LoggingConfig": {  # ray.serve.schema.LoggingConfig.html; encoding: RAY_SERVE_LOG_ENCODING's default
+        "encoding": "TEXT", "log_level": "INFO", "logs_dir": None, "enable_access_log": True,
+        "additional_log_standard_attrs": []},  # a default_factory=list in ray/serve/schema.py
+    "HTTPOptions": {  # ray.serve.config.HTTPOptions.html
+        "host": "127.0.0.1", "port": 8000, "middlewares": [], "location": "HeadOnly", "num_cpus": 0,
+        "root_url": "", "root_path": "", "request_timeout_s": None, "keep_alive_timeout_s": 90,
+        "ssl_keyfile": None, "ssl_certfile": None, "ssl_keyfile_password": None, "ssl_ca_certs": None},
+    "gRPCOptions": {  # ray.serve.config.gRPCOptions.html
+        "port": 9000, "grpc_servicer_functions": [], "request_timeout_s": None},
+    "AutoscalingConfig": {  # ray.serve.config.AutoscalingConfig.html
+        "min_replicas": 1, "initial_replicas": None, "max_replicas": 1, "target_ongoing_requests": 2,
+        "metrics_interval_s": 10.0, "look_back_period_s": 30.0, "smoothing_factor": 1.0,
+        "upscale_smoothing_factor": None, "downscale_smoothing_factor": None, "upscaling_factor": None,
+        "downscaling_factor": None, "downscale_delay_s": 600.0, "downscale_to_zero_delay_s": None,
+        "upscale_delay_s": 30.0, "aggregation_function": "mean", "policy": None},
+    "DeploymentConfig": {  # @serve.deployment's documented defaults (serve/configure-serve-deployment.html;
+        # DEFAULT_* in ray/serve/_private/constants.py); Ray's DeploymentConfig class itself is private
+        "num_replicas": 1, "max_ongoing_requests": 5, "max_queued_requests": -1, "user_config": None,
+        "autoscaling_config": None, "graceful_shutdown_wait_loop_s": 2.0, "graceful_shutdown_timeout_s": 20.0,
+        "health_check_period_s": 10.0, "health_check_timeout_s": 30.0, "max_replicas_per_node": None,
+        "max_constructor_retry_count": 20, "logging_config": None},
+}
+
+# Where dserve differs on purpose (README "Migrating from Ray Serve"): field -> dserve's default.
+DELIBERATE = {
+    # nothing listens beyond this machine unless the config asks (Ray's config schema: every interface)
+    ("HTTPOptionsSchema", "host"): "127.0.0.1",
+    # deprecated in Ray, unused by dserve: a 0.0.0.0 default would suggest a bind that never happens
+    ("ServeApplicationSchema", "host"): None,
+    ("ServeApplicationSchema", "port"): None,
+}
+
+# Ray's fields dserve does not have (a config or call that sets one is rejected, naming it).
+RAY_ONLY = {
+    "ServeApplicationSchema": {"autoscaling_policy"},  # application-level policies
+    "DeploymentSchema": {"placement_group_bundles", "placement_group_strategy", "request_router_config"},
+    "HTTPOptions": {"middlewares", "location", "num_cpus", "root_url"},  # deprecated or unused in Ray 2.x
+}
+
+
+def _dserve_class(name: str) -> type:
+    from dserve import config, schema
+
+    return getattr(schema, name, None) or getattr(config, name)
+
+
+def _dserve_default(cls: type, field: str) -> object:
+    info = cls.model_fields[field]
+    if info.is_required():
+        return REQUIRED
+    value = info.get_default(call_default_factory=True)
+    return getattr(value, "value", value)  # an enum member compares as its value
+
+
+@pytest.mark.parametrize("name", sorted(RAY_DEFAULTS))
+def test_config_defaults_and_required_fields_match_ray_serve(name):
+    cls = _dserve_class(name)
+    ray = RAY_DEFAULTS[name]
+    assert set(ray) - set(cls.model_fields) == RAY_ONLY.get(name, set())
+    mismatches = {}
+    for field, expected in ray.items():
+        if field in RAY_ONLY.get(name, set()):
+            continue
+        if isinstance(expected, DefaultOf):
+            expected = _dserve_class(expected.name)()
+        if expected == UNSET:  # not given, it overrides nothing
+            assert _dserve_default(cls, field) is None and field not in cls(name="d").model_fields_set
+            continue
+        expected = DELIBERATE.get((name, field), expected)
+        actual = _dserve_default(cls, field)
+        if actual != expected:
+            mismatches[field] = (actual, expected)
+    assert mismatches == {}
+
+
+def test_the_deliberate_differences_are_still_differences():
+    for (name, field), ours in DELIBERATE.items():
+        assert RAY_DEFAULTS[name][field] != ours  # else it is no difference: drop it from DELIBERATE
+        assert _dserve_default(_dserve_class(name), field) == ours
+
+
+def test_a_deploy_config_without_applications_is_rejected_as_in_ray():
+    from pydantic import ValidationError
+    from dserve.schema import ServeDeploySchema
+
+    with pytest.raises(ValidationError) as info:
+        ServeDeploySchema.model_validate({"http_options": {"port": 8001}})
+    assert [(e["loc"], e["msg"]) for e in info.value.errors(include_url=False)] == [
+        (("applications",), "Field required")]
+
+
+def test_the_rest_api_shows_http_options_with_rays_fields_but_never_the_key_password(operator):
+    import httpx
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime
+    from conftest import auth_headers
+
+    serve.start(http_options={"ssl_keyfile_password": "s3cret"})  # no key file: plain HTTP still
+    runtime = current_runtime()
+    rest_port = _sync(runtime, runtime.rpc("dserve_status"))["rest_port"]
+    details = httpx.get(f"http://127.0.0.1:{rest_port}/api/serve/applications/", headers=auth_headers(),
+                        timeout=10).json()
+    shown = details["http_options"]
+    assert {k: shown[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs")} == {
+        "ssl_keyfile": None, "ssl_certfile": None, "ssl_keyfile_password": None, "ssl_ca_certs": None}
+    assert "s3cret" not in json.dumps(details)
