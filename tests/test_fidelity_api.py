@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import threading
 import time
 import warnings
 
@@ -324,3 +326,59 @@ def test_the_rest_api_shows_http_options_with_rays_fields_but_never_the_key_pass
     assert {k: shown[k] for k in ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs")} == {
         "ssl_keyfile": None, "ssl_certfile": None, "ssl_keyfile_password": None, "ssl_ca_certs": None}
     assert "s3cret" not in json.dumps(details)
+
+
+# ---- a rolling update of max_ongoing_requests ------------------------------------------------------
+
+@serve.deployment(max_ongoing_requests=2)
+class Rolling:
+    def __init__(self, gate=None):
+        deadline = time.monotonic() + 120
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a slow constructor: the test opens the gate
+
+    def __call__(self):
+        return "ok"
+
+
+def _published(key: str) -> dict:
+    """The controller's current replica-set snapshot under ``key``."""
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime
+
+    runtime = current_runtime()
+    return _sync(runtime, runtime.rpc("dserve_listen", versions={key: -1}, timeout=5))[key]
+
+
+def test_old_replicas_keep_their_max_ongoing_requests_until_replaced(operator, tmp_path):
+    from dserve.runtime import current_runtime
+
+    handle = serve.run(Rolling.bind(), name="rolling", route_prefix=None)
+    assert handle.remote().result(timeout_s=30) == "ok"
+    router = current_runtime().routers[("rolling", "Rolling")]
+    [(old_id, old_limit)] = [(s.replica_id, s.max_ongoing) for s in router.slots]
+    assert old_limit == 2
+
+    gate = str(tmp_path / "gate")
+    update = threading.Thread(target=serve.run, args=(Rolling.options(max_ongoing_requests=7).bind(gate),),
+                              kwargs={"name": "rolling", "route_prefix": None})
+    update.start()
+    try:
+        def starting():
+            states = serve.status().applications["rolling"].deployments["Rolling"].replica_states
+            return states == {"RUNNING": 1, "STARTING": 1}
+
+        wait_for(starting, timeout=30, what="the new replica starting beside the old one")
+        snapshot = _published("rolling#Rolling")
+        assert [(r["id"], r["max_ongoing"]) for r in snapshot["replicas"]] == [(old_id, 2)]
+        wait_for(lambda: router.version == snapshot["version"], timeout=30, what="the router up to date")
+        assert [(s.replica_id, s.max_ongoing) for s in router.slots] == [(old_id, 2)]
+    finally:
+        open(gate, "w").close()
+        update.join(timeout=120)
+    assert not update.is_alive()
+    [(new_id, new_limit)] = [(r["id"], r["max_ongoing"]) for r in _published("rolling#Rolling")["replicas"]]
+    assert (new_id != old_id, new_limit) == (True, 7)
+    wait_for(lambda: [(s.replica_id, s.max_ongoing) for s in router.slots] == [(new_id, 7)], timeout=30,
+             what="the router with only the new replica")
+    serve.delete("rolling")
