@@ -113,8 +113,24 @@ class Operator:
         return await handle.remote(x)
 
 
+APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
+
+
 @pytest.fixture(scope="module")
-def operator(serve_instance):
+def instance():
+    """dserve on an embedded cluster whose workers can import tests/apps (config deploys)."""
+    with pytest.MonkeyPatch.context() as mp:  # later modules get sys.path and PYTHONPATH back as they were
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
+        mp.syspath_prepend(APPS_DIR)
+        serve.start(http_options={"port": free_port()})
+        try:
+            yield serve
+        finally:
+            serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def operator(instance):
     serve.run(Echo.bind(), name="victim", route_prefix="/victim")
     handle = serve.run(Operator.bind(), name="probe", route_prefix="/probe")
     yield handle
@@ -136,7 +152,8 @@ def test_handles_from_an_async_replica_method(operator):
 
 def test_serve_run_and_delete_from_an_async_replica_method(operator):
     assert operator.deploy_and_call.remote("child", 3).result(timeout_s=60) == "echo 3"
-    assert serve.status().applications["child"].status == "RUNNING"
+    # serve.run there does not wait for RUNNING: the status follows the replica that answered
+    wait_for(lambda: serve.status().applications["child"].status == "RUNNING", timeout=30, what="child RUNNING")
     assert operator.delete.remote("victim").result(timeout_s=30) is None
     wait_for(lambda: "victim" not in serve.status().applications, timeout=30, what="victim deleted")
     assert operator.remote().result(timeout_s=30) == {"probe": "RUNNING", "child": "RUNNING"}
@@ -382,3 +399,56 @@ def test_old_replicas_keep_their_max_ongoing_requests_until_replaced(operator, t
     wait_for(lambda: [(s.replica_id, s.max_ongoing) for s in router.slots] == [(new_id, 7)], timeout=30,
              what="the router with only the new replica")
     serve.delete("rolling")
+
+
+# ---- last_deployed_time_s --------------------------------------------------------------------------
+
+def _deployed_at(name: str) -> float:
+    return serve.status().applications[name].last_deployed_time_s
+
+
+def test_last_deployed_time_changes_on_every_deploy(instance):
+    serve.run(Echo.bind(), name="stamped", route_prefix=None)
+    first = _deployed_at("stamped")
+    serve.run(Echo.bind(), name="stamped", route_prefix=None)  # the same application again
+    second = _deployed_at("stamped")
+    serve.run(Echo.options(num_replicas=2).bind(), name="stamped", route_prefix=None)
+    third = _deployed_at("stamped")
+    assert first < second < third <= time.time()
+    serve.delete("stamped")
+
+
+def test_a_config_deploy_stamps_every_application_in_it_changed_or_not(instance):
+    from dserve.api import _sync
+    from dserve.runtime import current_runtime
+
+    runtime = current_runtime()
+
+    def deploy(greeting):
+        config = {"applications": [
+            {"name": "kept", "route_prefix": "/kept", "import_path": "config_apps:greeter_app"},
+            {"name": "built", "route_prefix": "/built", "import_path": "config_apps:builder",
+             "args": {"greeting": greeting}}]}
+        before = time.time()
+        assert _sync(runtime, runtime.rpc("dserve_deploy_config", config=config)) == {"ok": True}
+        return before
+
+    def running():
+        apps = serve.status().applications
+        return all(name in apps and apps[name].status == "RUNNING" for name in ("kept", "built"))
+
+    deploy("hello")
+    wait_for(running, timeout=90, what="both applications RUNNING")
+    first = {name: _deployed_at(name) for name in ("kept", "built")}
+    asked = deploy("hello")  # unchanged: nothing rebuilt, both stamped
+    second = {name: _deployed_at(name) for name in ("kept", "built")}
+    assert second["kept"] == second["built"] and second["kept"] >= asked > max(first.values())
+    asked = deploy("bonjour")  # "built" changes: stamped when asked, not when its build ends
+    third = _deployed_at("built")
+    assert third == _deployed_at("kept") and third >= asked > second["built"]
+    wait_for(running, timeout=90, what="the changed application RUNNING again")
+    wait_for(lambda: serve.status().applications["built"].deployments["Greeter"].replica_states == {"RUNNING": 1},
+             timeout=60, what="the old replica of 'built' replaced")
+    assert _deployed_at("built") == third
+    assert _sync(runtime, runtime.rpc("dserve_deploy_config", config={"applications": []})) == {"ok": True}
+    wait_for(lambda: not serve.status().applications, timeout=60, what="every application deleted")
