@@ -68,11 +68,14 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
     """Connect this process to dserve (starting the controller, or a cluster, if needed)."""
     global _owned_cluster
     runtime = current_runtime()
+    if runtime is None and address is None and worker_or_none() is not None:
+        runtime = get_runtime()  # inside a replica or a Dask task: the worker's own
     if runtime is not None and not runtime.closed and runtime.scheduler_address and (
         address is None or address == runtime.scheduler_address
     ):
-        if options:
-            _sync(runtime, runtime.rpc("dserve_start", options=options), timeout=60)
+        if options:  # on the loop's own thread (an async replica method) the proxies start meanwhile
+            wait = not in_loop_thread(runtime.loop)
+            _warn_unhealthy_proxies(runtime.call("dserve_start", result_timeout=60, options=options, wait=wait))
         return runtime
     scheduler_address = find_address(address)
     options = dict(options or {})
@@ -93,7 +96,18 @@ def _connect(address: Optional[str] = None, options: Optional[Dict[str, Any]] = 
         raise
     set_runtime(runtime)
     _log_serve_page(started.get("serve_page"))
+    _warn_unhealthy_proxies(started)
     return runtime
+
+
+def _warn_unhealthy_proxies(started: Dict[str, Any]) -> None:
+    """Tell the caller of ``serve.start``/``serve.run`` (a ``RuntimeWarning`` pointing at
+    their line) about each proxy that could not start, e.g. because its port is taken; the
+    controller keeps retrying it and ``serve.status().proxy_messages`` keeps the reason."""
+    for host, proxy in (started.get("proxies") or {}).items():
+        if proxy.get("status") == "UNHEALTHY":
+            warnings.warn(f"dserve: the proxy on {host} is UNHEALTHY: {proxy.get('message')}",
+                          RuntimeWarning, stacklevel=4)  # this, _connect, start/run, the caller
 
 
 def _log_serve_page(url: Optional[str]) -> None:
@@ -158,7 +172,7 @@ _DEPRECATED_START_OPTIONS = ("detached", "dedicated_cpu", "_checkpoint_path", "_
 
 def deploy_specs(runtime: Runtime, specs: list) -> None:
     """Send application specs to the controller; raise on a rejected deploy."""
-    result = _sync(runtime, runtime.rpc("dserve_deploy", spec=dumps(specs)))
+    result = runtime.call("dserve_deploy", spec=dumps(specs))
     if result.get("error"):
         raise ValueError(result["error"])
 
@@ -168,7 +182,7 @@ def wait_for_application(runtime: Runtime, name: str, timeout_s: Optional[float]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last_message = ""
     while True:
-        state = _sync(runtime, runtime.rpc("dserve_wait", name=name, timeout=5.0))
+        state = runtime.call("dserve_wait", name=name, timeout=5.0)
         if state["status"] == "RUNNING":
             return
         if state["status"] == "DEPLOY_FAILED":
@@ -194,7 +208,11 @@ def run(
     address: Optional[str] = None,
 ) -> DeploymentHandle:
     """Deploy an application (replacing one of the same name) and return its ingress handle
-    once it is RUNNING. ``logging_config`` applies to its deployments that set none."""
+    once it is RUNNING. ``logging_config`` applies to its deployments that set none.
+
+    Called from an ``async def`` of a replica (on its worker's event loop), it returns once
+    the controller has taken the application, without waiting for it to run: its replicas
+    may need that very loop to start. Calls through the handle wait for them."""
     if external_scaler_enabled:
         raise ValueError("external_scaler_enabled=True is not supported by dserve: its controller scales "
                          "deployments itself (autoscaling_config) and asks Dask for workers (adaptive_target)")
@@ -203,7 +221,8 @@ def run(
     spec = application_spec(target, name, route_prefix, logging_config=_logging_config(logging_config))
     runtime = _connect(address)
     deploy_specs(runtime, [spec])
-    wait_for_application(runtime, name)
+    if not in_loop_thread(runtime.loop):
+        wait_for_application(runtime, name)
     handle = DeploymentHandle(spec.ingress, name)
     if blocking:
         try:
@@ -215,16 +234,17 @@ def run(
 
 
 def delete(name: str, _blocking: bool = True) -> None:
-    """Delete an application and all its deployments."""
+    """Delete an application and all its deployments (and wait until they are gone, except
+    when called from an ``async def`` of a replica: its replicas may need that very event
+    loop to stop, so it returns once the controller has taken the deletion)."""
     runtime = get_runtime()
-    _sync(runtime, runtime.rpc("dserve_delete", names=[name], wait=_blocking))
+    runtime.call("dserve_delete", names=[name], wait=_blocking and not in_loop_thread(runtime.loop))
 
 
 def status() -> ServeStatus:
     """Status of every application, deployment and proxy."""
     runtime = get_runtime()
-    raw = _sync(runtime, runtime.rpc("dserve_status"))
-    return ServeStatus.model_validate(raw)
+    return ServeStatus.model_validate(runtime.call("dserve_status"))
 
 
 def shutdown() -> None:
@@ -252,9 +272,7 @@ def get_app_handle(name: str) -> DeploymentHandle:
     runtime = get_runtime()
     if not runtime.scheduler_address:  # local testing mode
         return DeploymentHandle(local_ingress(runtime, name), name)
-    if in_loop_thread(runtime.loop):  # async replica code: never block; resolved on the first call
-        return DeploymentHandle("", name)
-    info = _sync(runtime, runtime.rpc("dserve_app_info", name=name))
+    info = runtime.call("dserve_app_info", name=name)
     if info is None:
         raise RayServeException(f"Application '{name}' does not exist.")
     return DeploymentHandle(info["ingress"], name)
@@ -268,8 +286,8 @@ def get_deployment_handle(deployment_name: str, app_name: Optional[str] = None) 
         replica = _current_replica.get()
         app_name = replica.app_name if replica is not None else "default"
     runtime = get_runtime()
-    if runtime.scheduler_address and not in_loop_thread(runtime.loop):
-        info = _sync(runtime, runtime.rpc("dserve_app_info", name=app_name))
+    if runtime.scheduler_address:
+        info = runtime.call("dserve_app_info", name=app_name)
         if info is None or deployment_name not in info["deployments"]:
             raise RayServeException(f"Deployment '{deployment_name}' in application '{app_name}' does not exist.")
     return DeploymentHandle(deployment_name, app_name)

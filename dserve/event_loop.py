@@ -3,6 +3,7 @@
 In a Dask worker (replicas, proxies, tasks) that is the worker's own loop. In a
 driver, script or notebook it is a daemon thread owned by dserve, so handles
 work from sync code (``.result()``) and from any other event loop (``await``).
+A blocking control call made on that loop's own thread runs on ``side_loop``.
 
 Crossing between threads costs a wake-up of the other loop (a write to its
 self-pipe, a context switch). ``submit`` (a coroutine into dserve's loop) and
@@ -15,20 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
+import functools
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterator, Optional
 
 if TYPE_CHECKING:
     from distributed import Worker
 
-__all__ = ["home_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait"]
+__all__ = ["home_loop", "side_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait",
+           "lend_loop"]
 
 logger = logging.getLogger("dserve")
 
 _lock = threading.Lock()
 _thread_loop: Optional[asyncio.AbstractEventLoop] = None
+_side_loop: Optional[asyncio.AbstractEventLoop] = None
 _process_worker: Optional["Worker"] = None  # set by dserve's worker plugin in worker processes
 
 
@@ -54,7 +60,7 @@ def worker_or_none() -> Optional["Worker"]:
         return None
 
 
-def _start_thread_loop() -> asyncio.AbstractEventLoop:
+def _start_thread_loop(name: str = "dserve-event-loop") -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
@@ -63,7 +69,7 @@ def _start_thread_loop() -> asyncio.AbstractEventLoop:
         loop.call_soon(ready.set)
         loop.run_forever()
 
-    thread = threading.Thread(target=run, name="dserve-event-loop", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     ready.wait()
     return loop
@@ -80,6 +86,18 @@ def home_loop() -> asyncio.AbstractEventLoop:
             if _thread_loop is None or _thread_loop.is_closed():
                 _thread_loop = _start_thread_loop()
     return _thread_loop
+
+
+def side_loop() -> asyncio.AbstractEventLoop:
+    """A second loop, on a daemon thread of its own, for the control calls that sync code makes
+    on the home loop's own thread (``serve.status()`` in a replica's ``async def``): the home
+    loop cannot run them while its thread waits for them."""
+    global _side_loop
+    if _side_loop is None or _side_loop.is_closed():
+        with _lock:
+            if _side_loop is None or _side_loop.is_closed():
+                _side_loop = _start_thread_loop("dserve-control-calls")
+    return _side_loop
 
 
 def in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -212,3 +230,63 @@ def _copy_into(future: concurrent.futures.Future, waiter: "asyncio.Future[Any]")
         waiter.set_exception(future.exception())
     else:
         waiter.set_result(future.result())
+
+
+class _LentLoop:
+    """``loop`` as sync code on another thread sees it through ``asyncio.get_running_loop()``:
+    the loop's own methods, except that scheduling (``create_task``, ``call_soon``,
+    ``call_later``, ``call_at``) is handed to the loop's thread, so a task made here is a
+    real task of ``loop`` that runs there. Off its thread, ``create_task`` waits for that
+    thread to make the task (the loop must be free meanwhile, as it is while it awaits the
+    thread's work)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def __repr__(self) -> str:
+        return f"<dserve lent {self._loop!r}>"
+
+    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+        if in_loop_thread(self._loop):
+            return fn()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return done.result()
+
+    def create_task(self, coro: Any, *, name: Optional[str] = None, context: Any = None) -> "asyncio.Task[Any]":
+        context = contextvars.copy_context() if context is None else context  # the caller's, as on a loop
+        return self._on_loop(functools.partial(self._loop.create_task, coro, name=name, context=context))
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> asyncio.Handle:
+        if in_loop_thread(self._loop):
+            return self._loop.call_soon(callback, *args, context=context)
+        return self._loop.call_soon_threadsafe(callback, *args, context=context)
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+        return self._on_loop(functools.partial(self._loop.call_later, delay, callback, *args, context=context))
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+        return self._on_loop(functools.partial(self._loop.call_at, when, callback, *args, context=context))
+
+
+@contextlib.contextmanager
+def lend_loop(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Within this block, sync code on this (non-loop) thread finds ``loop`` as its running loop
+    (``asyncio.get_running_loop()``, ``asyncio.create_task``), as a Ray replica's sync
+    constructor finds the replica's loop; tasks it creates run on ``loop``."""
+    previous = asyncio._get_running_loop()
+    asyncio._set_running_loop(_LentLoop(loop))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(previous)

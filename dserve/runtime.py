@@ -24,7 +24,7 @@ from distributed.utils import get_ip
 
 from .config import LONG_POLL_TIMEOUT_S, LONG_POLL_WARN_AFTER, METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from .context import new_request_id
-from .event_loop import worker_or_none
+from .event_loop import in_loop_thread, side_loop, worker_or_none
 from .routing.router import ReplicaSlot, Router
 from .routing.transport import InProcessChannel, MuxConnection
 from .types import ReplicaSetSnapshot
@@ -61,6 +61,7 @@ class Runtime:
         self.connection_args = dict(connection_args or {})  # the process's Dask Security (TLS)
         self._pool = pool
         self._owns_pool = pool is None
+        self._side_pool: Any = None  # control calls made on this loop's own thread (see ``call``)
         self.routers: Dict[Tuple[str, str], Router] = {}
         self.watchers: Dict[str, Tuple[int, Callable[[dict], None]]] = {}
         self.connections: Dict[str, Any] = {}
@@ -84,6 +85,28 @@ class Runtime:
         """Call a controller handler on the scheduler."""
         pool = await self._get_pool()
         return await getattr(pool(self.scheduler_address), op)(**kwargs)
+
+    def call(self, op: str, result_timeout: Optional[float] = None, **kwargs: Any) -> Any:
+        """``rpc`` for sync code, blocking: through this runtime's loop, or, called on that
+        loop's own thread (sync code inside an async replica method), over a connection of
+        ``event_loop.side_loop`` (that loop waits meanwhile, as a Ray replica's does)."""
+        if not in_loop_thread(self.loop):
+            return asyncio.run_coroutine_threadsafe(self.rpc(op, **kwargs), self.loop).result(result_timeout)
+        if self._scheduler_on_this_loop():
+            raise RuntimeError(f"dserve cannot wait for the controller here: the scheduler runs on this very "
+                               f"event loop (an in-process cluster); call {op} from a sync method or a thread")
+        return asyncio.run_coroutine_threadsafe(self._side_rpc(op, **kwargs), side_loop()).result(result_timeout)
+
+    async def _side_rpc(self, op: str, **kwargs: Any) -> Any:
+        if self._side_pool is None:
+            self._side_pool = await ConnectionPool(limit=4, timeout=10, connection_args=self.connection_args)
+        return await getattr(self._side_pool(self.scheduler_address), op)(**kwargs)
+
+    def _scheduler_on_this_loop(self) -> bool:
+        from distributed.scheduler import Scheduler
+
+        return any(s.address == self.scheduler_address and s.loop.asyncio_loop is self.loop
+                   for s in list(Scheduler._instances))
 
     # ---- data plane ----
     def channel(self, slot: ReplicaSlot) -> Any:
@@ -226,6 +249,12 @@ class Runtime:
         self.routers.clear()
         if self._owns_pool and self._pool is not None:
             await self._pool.close()
+        if self._side_pool is not None:
+            pool, self._side_pool = self._side_pool, None
+            try:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(pool.close(), side_loop()))
+            except Exception as exc:  # noqa: BLE001 - its connections go with the process anyway
+                logger.info("dserve: closing the control-call connections: %r", exc)
 
 
 _runtime: Optional[Runtime] = None

@@ -137,8 +137,8 @@ class ServeApplicationSchema(_Schema):
     route_prefix: Optional[str] = "/"
     import_path: str
     runtime_env: Dict[str, Any] = Field(default_factory=dict)
-    host: Optional[str] = None
-    port: Optional[int] = None
+    host: Optional[str] = None  # deprecated in Ray and unused by dserve (Ray's default 0.0.0.0 would
+    port: Optional[int] = None  # suggest a bind that never happens): http_options says where proxies listen
     deployments: List[DeploymentSchema] = Field(default_factory=list)
     args: Dict[str, Any] = Field(default_factory=dict)
     logging_config: Optional[LoggingConfig] = None
@@ -190,13 +190,18 @@ class ServeApplicationSchema(_Schema):
 
 
 class HTTPOptionsSchema(_Schema):
-    """Options to start the HTTP proxies with."""
+    """Options to start the HTTP proxies with. ``host`` defaults to 127.0.0.1 (Ray's config
+    schema: 0.0.0.0): nothing listens beyond this machine unless the config says so."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     root_path: str = ""
     request_timeout_s: Optional[float] = Field(None, gt=0)
     keep_alive_timeout_s: float = Field(90.0, gt=0)
+    ssl_keyfile: Optional[str] = None
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile_password: Optional[str] = None
+    ssl_ca_certs: Optional[str] = None
     max_request_header_bytes: Optional[int] = Field(DEFAULT_MAX_REQUEST_HEADER_BYTES, gt=0)
     max_request_body_bytes: Optional[int] = Field(DEFAULT_MAX_REQUEST_BODY_BYTES, ge=0)
     request_header_timeout_s: Optional[float] = Field(DEFAULT_REQUEST_HEADER_TIMEOUT_S, gt=0)
@@ -221,7 +226,7 @@ class ServeDeploySchema(_Schema):
     grpc_options: gRPCOptionsSchema = Field(default_factory=gRPCOptionsSchema)
     logging_config: Optional[LoggingConfig] = None
     target_capacity: Optional[float] = Field(None, ge=0, le=100)
-    applications: List[ServeApplicationSchema] = Field(default_factory=list)
+    applications: List[ServeApplicationSchema]  # required, as in Ray ([] deletes every application)
 
     @field_validator("proxy_location")
     @classmethod

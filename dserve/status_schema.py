@@ -102,6 +102,8 @@ class ServeStatus(BaseModel):
     applications: Dict[str, ApplicationStatusOverview] = Field(default_factory=dict)
     target_capacity: Optional[float] = None
     checkpoint_message: str = ""  # dserve's: empty unless the state file could not be restored
+    # dserve's: why a proxy is unhealthy (e.g. its port is taken), by the same keys as ``proxies``
+    proxy_messages: Dict[str, str] = Field(default_factory=dict)
 
     def _repr_html_(self) -> str:
         from .status_view import status_html

@@ -3,7 +3,8 @@ HTML (``_repr_html_`` of ``serve.status()``, handles and ``serve.run``'s result 
 
 Both take the tree ``serve.status()`` has (``ServeStatus.model_dump()``, or the status
 RPC's dict): ``{"applications": {name: {"status", "message", "deployments": {name:
-{"status", "replica_states", "message"}}}}, "proxies": {host: status}}``; an
+{"status", "replica_states", "message"}}}}, "proxies": {host: status}, "proxy_messages":
+{host: message}}``; an
 application's ``route_prefix`` and a ``serve_page`` URL are shown when present. Only
 the first line of a message goes into the table.
 """
@@ -43,7 +44,10 @@ def status_table(tree: Dict[str, Any]) -> str:
     if len(rows) == 1:
         rows.append(["(no applications)", "", "", "", ""])
     lines = _aligned(rows)
-    proxies = [["PROXY", "STATUS"]] + [[host, _value(s)] for host, s in tree.get("proxies", {}).items()]
+    messages = tree.get("proxy_messages") or {}
+    proxies = [["PROXY", "STATUS"] + (["MESSAGE"] if messages else [])] + [
+        [host, _value(s)] + ([_first_line(messages.get(host))] if messages else [])
+        for host, s in tree.get("proxies", {}).items()]
     if len(proxies) > 1:
         lines += [""] + _aligned(proxies)
     return "\n".join(lines)
@@ -92,8 +96,11 @@ def _tree_html(tree: Dict[str, Any], only_app: Optional[str] = None) -> str:
            "<th>Message</th></tr>" + "".join(rows) + "</table>")
     proxies = tree.get("proxies", {})
     if proxies and only_app is None:
-        out += "<p>Proxies: " + ", ".join(f"{html.escape(h)} <b>{html.escape(_value(s))}</b>"
-                                          for h, s in proxies.items()) + "</p>"
+        messages = tree.get("proxy_messages") or {}
+        out += "<p>Proxies: " + ", ".join(
+            f"{html.escape(h)} <b>{html.escape(_value(s))}</b>"
+            + (f" ({html.escape(_first_line(messages[h]))})" if messages.get(h) else "")
+            for h, s in proxies.items()) + "</p>"
     page = tree.get("serve_page")
     if page:
         out += f'<p>Serve page: <a href="{html.escape(page)}" target="_blank">{html.escape(page)}</a></p>'

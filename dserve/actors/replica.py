@@ -27,6 +27,7 @@ from starlette.responses import StreamingResponse
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from ..context import ReplicaContext, RequestContext, _current_replica, _request_context, restore_context
+from ..event_loop import lend_loop
 from ..ingress import prepare_asgi_app
 from ..logs import close_sink, open_replica_sink
 from ..serialization import loads, user_traceback
@@ -53,13 +54,21 @@ def _http_server_error(batch: Any) -> bool:
 
 
 async def _construct(cls: type, args: tuple, kwargs: dict, run_sync: Callable) -> Any:
-    """Build the user's object: an ``async def __init__`` on the loop, a sync one in the pool."""
+    """Build the user's object: an ``async def __init__`` on the loop, a sync one in the pool
+    (the worker's loop must not stall while a model loads) with the replica's loop as its
+    running loop, as in Ray (``asyncio.get_running_loop().create_task(...)`` works there)."""
     init = getattr(cls, "__init__", None)
     if inspect.iscoroutinefunction(init):
         obj = cls.__new__(cls)
         await init(obj, *args, **kwargs)
         return obj
-    return await run_sync(functools.partial(cls, *args, **kwargs))
+    loop = asyncio.get_running_loop()
+
+    def construct() -> Any:
+        with lend_loop(loop):
+            return cls(*args, **kwargs)
+
+    return await run_sync(construct)
 
 
 async def _iterate_sync(run_sync: Callable, make_generator: Callable[[], Any]) -> AsyncIterator[Any]:

@@ -39,12 +39,14 @@ class ApplicationState:
     def ingress(self) -> str:
         return self.spec.ingress
 
-    def apply(self, spec: ApplicationSpec) -> None:
+    def apply(self, spec: ApplicationSpec, deployed_at: Optional[float] = None) -> None:
+        """Take a new spec; ``deployed_at``: when it was asked for (a config deploy's time,
+        not its build's end), else now."""
         self.spec = spec
         self.deploying = True
         self.deleting = False
         self.failed_message = ""
-        self.last_deployed_time_s = time.time()
+        self.last_deployed_time_s = time.time() if deployed_at is None else deployed_at
         wanted = {d.name: d for d in spec.deployments}
         for name, dep in self.deployments.items():
             if name not in wanted:

@@ -11,6 +11,7 @@ traceback, while every other application keeps serving. After a restart,
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from pydantic import ValidationError
@@ -79,8 +80,9 @@ class DeclarativeDeployer:
         for name, app in list(self.controller.store.apps.items()):
             if name not in wanted:
                 app.delete()
+        deployed_at = time.time()  # every application in the config, changed or not (as Ray)
         for app_schema in schema.applications:
-            self._apply(app_schema, force)
+            self._apply(app_schema, force, deployed_at)
         store.checkpoint()  # the new config, and the last good version of each app being rebuilt
         self.controller.publisher.notify_change()
         self.controller.reconciler.wake()
@@ -101,10 +103,14 @@ class DeclarativeDeployer:
         for app_schema in schema.applications:
             self._apply(app_schema)
 
-    def _apply(self, schema: ServeApplicationSchema, force: bool = False) -> None:
+    def _apply(self, schema: ServeApplicationSchema, force: bool = False, deployed_at: Optional[float] = None) -> None:
+        """Build a new or changed application; ``deployed_at`` (None on ``resume``: kept) becomes
+        its ``last_deployed_time_s`` now and after its build."""
         config = schema.model_dump(mode="json")
         app = self.controller.store.apps.get(schema.name)
         if not force and app is not None and not app.deleting and app.spec.source.get("full_config") == config:
+            if deployed_at is not None:
+                app.last_deployed_time_s = deployed_at
             return  # unchanged: untouched
         if app is None or app.deleting:
             placeholder = ApplicationSpec(schema.name, schema.route_prefix, "", [], {"full_config": None})
@@ -112,16 +118,18 @@ class DeclarativeDeployer:
                 app = self.controller.store.apps[schema.name] = ApplicationState(self.controller, placeholder)
             else:
                 app.apply(placeholder)
+        if deployed_at is not None:
+            app.last_deployed_time_s = deployed_at
         app.building = True
         app.deploying = True
         app.failed_message = ""
         previous = self._builds.pop(schema.name, None)
         if previous is not None:
             previous.cancel()
-        task = self.controller.reconciler.spawn(self._build(schema, config))
+        task = self.controller.reconciler.spawn(self._build(schema, config, app.last_deployed_time_s))
         self._builds[schema.name] = task
 
-    async def _build(self, schema: ServeApplicationSchema, config: Dict[str, Any]) -> None:
+    async def _build(self, schema: ServeApplicationSchema, config: Dict[str, Any], deployed_at: float) -> None:
         error: Optional[str] = None
         spec: Optional[ApplicationSpec] = None
         try:
@@ -147,7 +155,7 @@ class DeclarativeDeployer:
             app.fail(f"Deploying application {schema.name!r} failed:\n{error}")
         else:
             spec.source["full_config"] = config
-            app.apply(spec)
+            app.apply(spec, deployed_at)
             self.controller.store.checkpoint()
         self.controller.publisher.notify_change()
         self.controller.reconciler.wake()

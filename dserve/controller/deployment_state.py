@@ -40,6 +40,7 @@ class DeploymentState:
         self.spec = spec
         self.target = spec.config.initial_target()
         self.replicas: Dict[str, ReplicaRecord] = {}
+        self.limits: Dict[str, int] = {}  # replica id -> the max_ongoing_requests it was started with
         self.status = DeploymentStatus.UPDATING
         self.trigger = DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
         self.message = ""
@@ -68,10 +69,8 @@ class DeploymentState:
             or spec.config.ray_actor_options != old.config.ray_actor_options
         ):
             self.ever_healthy = False
-        if spec.config.max_ongoing_requests != old.config.max_ongoing_requests or (
-            spec.config.max_queued_requests != old.config.max_queued_requests
-        ):
-            self.publish()
+        if spec.config.max_queued_requests != old.config.max_queued_requests:
+            self.publish()  # a new max_ongoing_requests comes with the replicas that have it (rolling)
         self.failures = 0
         self.status = DeploymentStatus.UPDATING
         self.trigger = DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
@@ -108,9 +107,10 @@ class DeploymentState:
             "version": self.version,
             "exists": True,
             "max_queued": self.spec.config.max_queued_requests,
-            "replicas": [
+            "replicas": [  # each with its own limit: old ones keep theirs until replaced
                 {"id": r.replica_id, "address": r.worker, "key": r.key,
-                 "max_ongoing": self.spec.config.max_ongoing_requests, "models": r.models}
+                 "max_ongoing": self.limits.get(r.replica_id, self.spec.config.max_ongoing_requests),
+                 "models": r.models}
                 for r in self.running()
             ],
         }
@@ -163,6 +163,8 @@ class DeploymentState:
             self.controller.coupling.note_unplaceable(self.key, None)
             if missing > 0:
                 start_missing(self, missing, current, outdated)
+                for replica_id in self.replicas.keys() - self.limits.keys():  # just placed, from this spec
+                    self.limits[replica_id] = self.spec.config.max_ongoing_requests
             if missing < 0:
                 surplus = sorted(current, key=lambda r: (r.state == ReplicaState.RUNNING, r.started_at), )
                 for r in surplus[: -missing]:
@@ -226,6 +228,7 @@ class DeploymentState:
 
     def remove(self, r: ReplicaRecord) -> None:
         """Forget the replica and release its resources."""
+        self.limits.pop(r.replica_id, None)
         if self.replicas.pop(r.replica_id, None) is None:
             return
         self.controller.metrics.forget_replica(r.replica_id)
@@ -247,6 +250,7 @@ class DeploymentState:
             state = r.state
             r.state = ReplicaState.STOPPING
             self.replicas.pop(r.replica_id, None)
+            self.limits.pop(r.replica_id, None)
             self.controller.metrics.forget_replica(r.replica_id)
             if r.future is not None:
                 r.future.release()

@@ -28,7 +28,7 @@ from .store import PROXY_OPTION_KEYS
 if TYPE_CHECKING:
     from .plugin import Controller
 
-__all__ = ["ControllerService", "proxy_settings"]
+__all__ = ["ControllerService", "proxy_settings", "proxy_messages"]
 
 
 def proxy_settings(options: Dict[str, Any]) -> tuple:
@@ -36,6 +36,17 @@ def proxy_settings(options: Dict[str, Any]) -> tuple:
     http = HTTPOptions(**options.get("http_options", {}))
     grpc = gRPCOptions(**options.get("grpc_options", {}))
     return http, ProxyLocation.parse(options.get("proxy_location")), grpc
+
+
+def proxy_messages(proxies: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+    """Why each proxy that has a problem has it: its HTTP server's message, then its gRPC
+    server's (only proxies with something to say)."""
+    out = {}
+    for host, p in proxies.items():
+        text = "; ".join(m for m in (p.get("message"), p.get("grpc_message")) if m)
+        if text:
+            out[host] = text
+    return out
 
 
 class ControllerService:
@@ -194,6 +205,7 @@ class ControllerService:
         return {
             "applications": {name: app.status_dict() for name, app in self._store.apps.items()},
             "proxies": {host: p["status"] for host, p in proxies.items()},
+            "proxy_messages": proxy_messages(proxies),
             "proxy_details": proxies,
             "rest_port": self.controller.rest_port,
             "serve_page": self.controller.serve_page,

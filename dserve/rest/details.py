@@ -84,7 +84,7 @@ def instance_details(controller: "Controller") -> Dict[str, Any]:
                             "log_file_path": None},
         "proxy_location": controller.proxies.location.value,
         "http_options": controller.proxies.http_options.model_dump(
-            include=set(HTTPOptionsSchema.model_fields)),
+            include=set(HTTPOptionsSchema.model_fields) - {"ssl_keyfile_password"}),  # never shown
         "grpc_options": controller.options.get("grpc_options", {"port": DEFAULT_GRPC_PORT, "grpc_servicer_functions": []}),
         "proxies": proxies,
         "deploy_mode": controller.store.deploy_mode or MULTI_APP,
