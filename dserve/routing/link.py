@@ -6,7 +6,11 @@ the proxy process the bottleneck of cross-process calls. A ``Link`` is an
 ``asyncio.Protocol`` on a plain TCP (or, on a TLS cluster, TLS) connection:
 
 - writes are coalesced: messages sent during one turn of the event loop leave as
-  one msgpack list in one ``transport.write`` (scheduled with ``call_soon``);
+  one msgpack list in one ``transport.write`` (scheduled with ``call_soon``) —
+  unless the link has not written for ``LONE_WRITE_AFTER_S``: then the loop is
+  slow (a replica busy with CPU-bound requests, or little traffic) and the
+  message leaves at once, so a reply is not held back by the work that follows
+  it in the same turn;
 - reads land in one reusable buffer (``asyncio.BufferedProtocol``: ``recv_into``;
   a plain ``Protocol`` costs a fresh 256 KiB allocation per read — an
   mmap/munmap pair — whatever arrived), are parsed where they arrive by a
@@ -33,6 +37,7 @@ logger = logging.getLogger("dserve.transport")
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # msgpack's own limit for one bin object
 READ_BUFFER_BYTES = 256 * 1024  # one link's reusable receive buffer
+LONE_WRITE_AFTER_S = 0.0002  # a message sent this long after the last write leaves at once
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -52,6 +57,7 @@ class Link(asyncio.BufferedProtocol):
         self._buffer: list = []
         self._scheduled = False
         self._paused = False
+        self._last_write = 0.0
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE_BYTES)
         self._read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self._loop = asyncio.get_running_loop()
@@ -86,6 +92,7 @@ class Link(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._last_write = 0.0
         if self._buffer and not self._scheduled:
             self._flush()
 
@@ -95,7 +102,11 @@ class Link(asyncio.BufferedProtocol):
         if self.closed:
             return
         self._buffer.append(msg)
-        if not self._scheduled:
+        if self._scheduled:
+            return
+        if self._loop.time() - self._last_write > LONE_WRITE_AFTER_S:
+            self._flush()  # a slow or quiet loop: no one to coalesce with, latency matters
+        else:
             self._scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -105,6 +116,7 @@ class Link(asyncio.BufferedProtocol):
             return  # paused: resume_writing flushes what accumulated
         batch, self._buffer = self._buffer, []
         self.transport.write(_packb(batch))  # type: ignore[union-attr]
+        self._last_write = self._loop.time()
 
     def abort(self) -> None:
         self.closed = True
