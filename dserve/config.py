@@ -51,6 +51,7 @@ REST_MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger REST request body is a 413
 CONNECT_TIMEOUT_S = 5.0  # a caller's first connection to a replica worker (Dask retries within it)
 RECONNECT_TIMEOUT_S = 0.5  # ... and after a connection to it dropped (the worker is most likely gone)
 STREAM_WINDOW = 16  # stream items a replica may send beyond what its caller consumed
+STREAM_BATCH_BYTES = 256 * 1024  # an HTTP stream item (a batch of ASGI messages) stops growing at this much body
 LONG_POLL_TIMEOUT_S = 20.0  # a router's long poll returns at least this often
 LONG_POLL_WARN_AFTER = 10  # failed long polls in a row (~5s) before a warning (a closing cluster fails a few)
 METRICS_PUSH_PERIOD_S = 0.5  # replicas and routers report load this often

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable, List, Optional
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-from ..config import STREAM_WINDOW
+from ..config import STREAM_BATCH_BYTES, STREAM_WINDOW
 from ..serialization import user_traceback
 from ..types import ASGIApp, Message, Receive, Scope
 from ..wire import LastItem
@@ -102,6 +102,7 @@ async def serve_http(
 ) -> AsyncIterator[List[Message]]:
     """Run one request; yield lists of ASGI messages as they become available."""
     messages: List[dict] = []
+    pending = [0]  # body bytes in ``messages``
     wake: List[asyncio.Event] = []  # set up only for streaming responses
     drained = asyncio.Event()  # the reader took the pending messages (flow control)
     drained.set()
@@ -119,7 +120,10 @@ async def serve_http(
         messages.append(message)
         if wake:
             wake[0].set()
-            if len(messages) >= STREAM_WINDOW:  # the reader is behind: the app waits for it
+            pending[0] += len(message.get("body", b""))
+            # the reader is behind (a batch is an item of the stream's window: bound it in bytes
+            # too, or a window of big chunks is a window of many megabytes): the app waits for it
+            if len(messages) >= STREAM_WINDOW or pending[0] >= STREAM_BATCH_BYTES:
                 drained.clear()
                 await drained.wait()
 
@@ -147,6 +151,7 @@ async def serve_http(
             event.clear()
             if messages:
                 batch, messages = messages, []
+                pending[0] = 0
                 drained.set()
                 yield batch
             if task.done():
