@@ -115,6 +115,8 @@ def _serve(deployer: _Deployer, reload_dir: Optional[str], snapshot: Optional[Di
                     deployer.deploy(fresh=True)
                 except (DeployFailed, click.ClickException) as exc:
                     click.echo(f"Redeploying failed: {exc}", err=True)
+                except Exception as exc:  # noqa: BLE001 - e.g. a rejected deploy: reported, the old version serves
+                    click.echo(f"Redeploying failed: {type(exc).__name__}: {exc}", err=True)
 
 
 def _disconnect(api: Any) -> None:
