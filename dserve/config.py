@@ -100,6 +100,8 @@ LOG_FILE_BACKUP_COUNT = int(os.environ.get("DSERVE_ROTATION_BACKUP_COUNT", 5))
 LOG_TO_STDERR = os.environ.get("DSERVE_LOG_TO_STDERR", "1") != "0"  # replica/proxy logs also reach the terminal
 LOGS_DEFAULT_TAIL = 100  # lines `dserve logs` shows first
 LOGS_FOLLOW_PERIOD_S = 0.25  # `dserve logs --follow` asks for new lines this often
+CLI_PROGRESS_PERIOD_S = 0.5  # `dserve deploy --wait` / `dserve run` read the status this often while deploying
+CLI_RELOAD_PERIOD_S = 1.0  # `dserve run --reload` looks at the files' modification times this often
 LOGS_READ_TIMEOUT_S = 5.0  # the controller waits this long for the workers' log lines
 
 

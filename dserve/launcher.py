@@ -22,8 +22,8 @@ import httpx
 
 from .auth import bearer_header, ensure_token, home_dir
 
-__all__ = ["LaunchError", "home", "state_file", "launched", "launch_local", "stop_launched", "ours", "identity",
-           "alive"]
+__all__ = ["LaunchError", "home", "state_file", "launched", "running", "launch_local", "stop_launched", "ours",
+           "identity", "alive"]
 
 
 class LaunchError(Exception):
@@ -44,6 +44,15 @@ def launched() -> Optional[Dict[str, Any]]:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def running() -> Optional[Dict[str, Any]]:
+    """The record of the cluster ``dserve start`` launched when its scheduler (the first
+    recorded process) is alive and provably the process it started; else None."""
+    record = launched()
+    if not record or not record.get("pids"):
+        return None
+    return record if record["pids"][0] in ours(record) else None
 
 
 def free_port() -> int:
@@ -149,7 +158,10 @@ def stop_launched(record: Dict[str, Any]) -> None:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-    os.remove(state_file())
+    try:
+        os.remove(state_file())
+    except FileNotFoundError:
+        pass  # removed meanwhile by another `dserve stop`
 
 
 def alive(pid: int) -> bool:

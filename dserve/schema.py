@@ -258,3 +258,4 @@ class ServeInstanceDetails(BaseModel):
     deploy_mode: str = "MULTI_APP"
     target_capacity: Optional[float] = None
     applications: Dict[str, ApplicationDetails] = Field(default_factory=dict)
+    checkpoint_message: str = ""  # dserve's: why the controller's state file could not be restored

@@ -25,7 +25,9 @@ LAYERS: List[List[str]] = [
     ["dserve.actors"],
     ["dserve.proxy"],
     ["dserve.controller", "dserve.rest", "dserve.dashboard"],
-    ["dserve.api", "dserve.local_testing", "dserve.cli", "dserve.preload", "dserve.cluster", "dserve"],
+    ["dserve.api", "dserve.local_testing", "dserve.cli", "dserve.cli.local", "dserve.cli.run", "dserve.cli.admin",
+     "dserve.cli.build_config", "dserve.cli.configs", "dserve.cli.progress", "dserve.cli.render",
+     "dserve.cli.rest_client", "dserve.launcher", "dserve.preload", "dserve.cluster", "dserve"],
 ]
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 250

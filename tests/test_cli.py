@@ -1,4 +1,5 @@
 """The dserve CLI, run as a user would: real processes, a detached cluster, the REST API."""
+import json
 import os
 import signal
 import subprocess
@@ -9,12 +10,13 @@ import pytest
 import yaml
 
 from conftest import free_port, wait_for
+from dserve.launcher import alive
 
 APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
-def dserve(*args, env=None, check=True, timeout=120):
-    result = subprocess.run([sys.executable, "-m", "dserve.cli", *args], cwd=APPS_DIR, env=env,
+def dserve(*args, env=None, check=True, timeout=120, cwd=APPS_DIR, input=None):
+    result = subprocess.run([sys.executable, "-m", "dserve.cli", *args], cwd=cwd, env=env, input=input,
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"dserve {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -35,8 +37,47 @@ def test_build_writes_a_config(tmp_path, env):
     assert app["deployments"][0]["name"] == "Greeter"
 
 
+def test_build_app_dir_and_grpc_servicer_functions(tmp_path, env):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "built.py").write_text(
+        "import dserve as serve\n\n"
+        "@serve.deployment(num_replicas=3, user_config={'k': 1})\n"
+        "def one(request):\n"
+        "    return 'one'\n\n"
+        "@serve.deployment\n"
+        "def two(request):\n"
+        "    return 'two'\n\n"
+        "app_one = one.bind()\n"
+        "app_two = two.bind()\n")
+    result = dserve("build", "-d", str(project), "built:app_one", "built:app_two", "--grpc-servicer-functions",
+                    "pb2_grpc.add_XServicer_to_server", env=env, cwd=str(tmp_path))  # imported from -d, not the cwd
+    assert result.stdout.startswith("# Written by `dserve build` (dserve ")
+    assert yaml.safe_load(result.stdout) == {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "grpc_options": {"port": 9000, "grpc_servicer_functions": ["pb2_grpc.add_XServicer_to_server"]},
+        "applications": [
+            {"name": "app1", "route_prefix": "/app1", "import_path": "built:app_one", "runtime_env": {},
+             "deployments": [{"name": "one", "num_replicas": 3, "user_config": {"k": 1}}]},
+            {"name": "app2", "route_prefix": "/app2", "import_path": "built:app_two", "runtime_env": {},
+             "deployments": [{"name": "two"}]},
+        ],
+    }
+    missing = dserve("build", "built:app_one", env=env, cwd=str(tmp_path), check=False)  # without -d
+    assert (missing.returncode, missing.stderr) == (
+        1, "Error: cannot import built:app_one: ModuleNotFoundError: No module named 'built'\n")
+
+
+def test_version_and_short_help(env):
+    from dserve import __version__
+
+    assert dserve("--version", env=env).stdout == f"dserve {__version__}\n"
+    assert dserve("run", "-h", env=env).stdout.startswith("Usage: dserve run [OPTIONS] CONFIG_OR_IMPORT_PATH")
+
+
 @pytest.mark.slow
-def test_start_deploy_status_config_shutdown(tmp_path, env):
+def test_start_deploy_status_config_stop(tmp_path, env):
     http_port, rest_port = free_port(), free_port()
     started = dserve("start", "--http-port", str(http_port), "--rest-port", str(rest_port), env=env)
     assert f"127.0.0.1:{rest_port}" in started.stdout
@@ -71,10 +112,16 @@ def test_start_deploy_status_config_shutdown(tmp_path, env):
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{http_port}/a").json()["text"] == "hello?", timeout=60,
                  what="the new user_config")
     finally:
-        dserve("shutdown", "-y", env=env)
+        with open(os.path.join(env["DSERVE_HOME"], "cluster.json")) as f:
+            pids = json.load(f)["pids"]
+        stopped = dserve("stop", env=env)
+    assert stopped.stdout.startswith("Stopped the cluster `dserve start` launched (tcp://127.0.0.1:")
+    assert [pid for pid in pids if alive(pid)] == []
     assert not os.path.exists(os.path.join(env["DSERVE_HOME"], "cluster.json"))
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{rest_port}/api/serve/applications/", timeout=2)
+    again = dserve("stop", env=env)
+    assert again.stdout == "No cluster launched by `dserve start` is recorded; nothing to stop.\n"
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, env):
@@ -92,6 +139,26 @@ def test_user_mistakes_are_one_line_errors(tmp_path, env):
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith(f"Error: cannot reach the dserve REST API at {url}: ")
     assert len(unreachable.stderr.splitlines()) == 1  # one line, no traceback
+    mistakes = {
+        ("run", "config_apps:greeter_app", "--non-blocking"):
+            "Error: --non-blocking needs a cluster that outlives this command: run `dserve start` first or give "
+            "-a/--address (an embedded cluster stops when `dserve run` exits)\n",
+        ("run", "config_apps:greeter_app", "--reload", "--non-blocking"):
+            "Error: --reload and --non-blocking conflict: reloading needs the command running\n",
+        ("run", "config_apps:greeter_app", "--runtime-env", "env.yaml", "--runtime-env-json", "{}"):
+            "Error: give --runtime-env or --runtime-env-json, not both\n",
+        ("deploy", "config_apps:greeter_app", "--runtime-env-json", "{nope"):
+            "Error: --runtime-env-json is not valid JSON: Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)\n",
+        ("deploy", "config_apps:greeter_app", "--runtime-env-json", '{"conda": "env"}'):
+            "Error: invalid config: applications.0.runtime_env: Value error, runtime_env fields ['conda'] are not "
+            "supported on Dask; supported: env_vars, working_dir, pip, py_modules\n",
+        ("run", "config_apps:greeter_app", "oops"):
+            "Error: application arguments must look like key=value, got 'oops'\n",
+    }
+    for args, message in mistakes.items():
+        result = dserve(*args, env=env, check=False)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", message), args
 
 
 @pytest.mark.slow
@@ -101,14 +168,21 @@ def test_run_serves_until_interrupted(env):
     proc = subprocess.Popen([sys.executable, "-m", "dserve.cli", "run", "config_apps:builder", "greeting=yo",
                              "--http-port", str(port)], cwd=APPS_DIR, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=2).json()["text"] == "yo", timeout=90,
-                 interval=0.3, what="dserve run to serve")
+        for line in proc.stdout:  # the progress, then the line saying it serves
+            seen.append(line.rstrip("\n"))
+            if line.startswith("Deployed; serving until Ctrl-C."):
+                break
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).json()["text"] == "yo"
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "Shutting down" in out
+    assert seen[0] == "Deploying config_apps:builder to an embedded cluster."
+    assert seen[-3:] == ["default: RUNNING", "default/Greeter: HEALTHY (1 RUNNING)", "Deployed; serving until Ctrl-C."]
+    assert out == "Shutting down.\n"
+    assert "Traceback" not in err, err
 
 
 @pytest.mark.slow

@@ -85,5 +85,5 @@ def test_start_is_safe_by_default(tmp_path):
         wait_for(lambda: yaml.safe_load(dserve("status", env=env).stdout)["applications"]
                  .get("a", {}).get("status") == "RUNNING", timeout=90, interval=0.5, what="the app RUNNING")
     finally:
-        dserve("shutdown", "-y", env=env)
+        dserve("stop", env=env)
     assert not (tmp_path / "home" / "cluster.json").exists()

@@ -23,6 +23,7 @@ from ..types import ReplicaSetSnapshot
 from ..wire import LOGS_OP
 from .application_state import ApplicationState
 from .autoscaling import policy_import_error
+from .runtime_env import apply_runtime_env
 from .store import PROXY_OPTION_KEYS
 
 if TYPE_CHECKING:
@@ -125,6 +126,11 @@ class ControllerService:
             [d for app_spec in specs for d in app_spec.deployments])
         if error:
             return {"error": error}
+        for app_spec in specs:  # `dserve run --working-dir/--runtime-env*`: applied before any replica starts
+            try:
+                await apply_runtime_env(self.controller, app_spec.source.get("runtime_env") or {})
+            except Exception as exc:  # noqa: BLE001 - the caller's deploy fails with the reason
+                return {"error": f"runtime_env of application {app_spec.name!r}: {type(exc).__name__}: {exc}"}
         apps = self._store.apps
         for app_spec in specs:
             app = apps.get(app_spec.name)

@@ -89,6 +89,7 @@ def instance_details(controller: "Controller") -> Dict[str, Any]:
         "proxies": proxies,
         "deploy_mode": controller.store.deploy_mode or MULTI_APP,
         "applications": {name: _application(app) for name, app in controller.store.apps.items()},
+        "checkpoint_message": controller.store.checkpoint_message,
     }
     return ServeInstanceDetails.model_validate(details).model_dump(mode="json")
 
