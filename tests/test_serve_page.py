@@ -216,3 +216,21 @@ def test_page_in_chromium_shows_live_traffic(serve_instance, tmp_path):
         load.join()
     assert sent and set(sent) == {200}
     serve.delete("live")
+
+
+def test_dasks_navigation_links_to_the_serve_page_when_bokeh_is_installed():
+    """Dask's Bokeh pages (status, workers, ...) get a "Serve" link in their navigation bar.
+    Bokeh is not a test dependency: this runs where it is installed (checked by hand with bokeh
+    3.9.2)."""
+    pytest.importorskip("bokeh")
+
+    async def main():
+        async with Scheduler(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0") as scheduler:
+            assert install_serve_page(scheduler) is True
+            async with httpx.AsyncClient() as client:
+                page = await client.get(f"http://127.0.0.1:{scheduler.http_server.port}/status")
+            return page.status_code, page.text
+
+    status, text = asyncio.run(main())
+    assert status == 200
+    assert text.count('<a href="serve">Serve</a>') == 1

@@ -209,7 +209,26 @@ def install_serve_page(scheduler: Any) -> bool:
     if application not in _installed and not listed:
         application.add_handlers(r".*$", get_handlers(scheduler, [__name__], prefix=_prefix(application)))
         _installed.add(application)
+    _link_from_dask_navigation(scheduler)
     return True
+
+
+def _link_from_dask_navigation(scheduler: Any) -> None:
+    """Add "Serve" to the navigation bar of Dask's Bokeh pages (status, workers, ...). Dask has
+    no hook for it: its pages render a per-scheduler ``template_variables`` dict (memoized)
+    whose ``pages`` list becomes the links, so the page is appended there. Without Bokeh
+    there are no such pages and nothing to link from."""
+    try:
+        from distributed.dashboard.scheduler import template_variables
+    except ImportError:  # no bokeh: no Bokeh pages
+        return
+    try:
+        pages = template_variables(scheduler)["pages"]
+    except Exception as exc:  # noqa: BLE001 - a different Dask layout: the page still works, unlinked
+        logger.debug("no link to the Serve page from Dask's navigation: %r", exc)
+        return
+    if SERVE_PAGE_PATH not in pages:
+        pages.append(SERVE_PAGE_PATH)
 
 
 def serve_page_url(scheduler: Any) -> Optional[str]:
