@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -144,14 +146,22 @@ def test_serve_yaml_runs_with_dserve_run(tmp_path):
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen([sys.executable, "-m", "dserve.cli", "run", str(path), "--http-port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen: list = []
+
+    def deployed() -> bool:  # every replica RUNNING (on the adaptive embedded cluster the Embedder
+        while not lines.empty():  # may first move to a worker of its own: `dserve run` waits for that)
+            seen.append(lines.get())
+        return any(line.startswith("Deployed; serving until Ctrl-C.") for line in seen)
+
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200, timeout=240,
-                 what="the yaml's application")
+        wait_for(deployed, timeout=240, interval=0.2, what="`dserve run` to say the yaml's application is deployed")
+        assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
         r = httpx.post(f"{base}/embed", json={"texts": [QUERY]}, timeout=120)
         assert r.status_code == 200 and len(r.json()["embeddings"][0]) == DIMENSIONS
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
-    assert "Deployed; serving until Ctrl-C." in output
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, "".join(seen)
