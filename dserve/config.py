@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
+from .autoscaling_policy import AutoscalingContext, AutoscalingPolicy, TimeStampedValue  # noqa: F401 - Ray's home
+from .gang import GangPlacementStrategy, GangRuntimeFailurePolicy, GangSchedulingConfig  # noqa: F401 - ditto
 from .validation import (  # noqa: F401 - re-exported: the rules live in validation
     MAX_NAME_LENGTH, MAX_REPLICAS_PER_DEPLOYMENT, validate_name, validate_num_replicas, validate_route_prefix,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "validate_route_prefix",
     "MAX_NAME_LENGTH",
     "MAX_REPLICAS_PER_DEPLOYMENT",
+    "AutoscalingContext", "AutoscalingPolicy", "TimeStampedValue", "GangPlacementStrategy", "GangRuntimeFailurePolicy", "GangSchedulingConfig",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
@@ -64,6 +67,7 @@ MAX_STARTING_REPLICAS = 100  # a deployment has at most this many replicas start
 MAX_STOPPING_REPLICAS = 100  # ... and at most this many draining at once
 HEALTH_CHECK_FAILURE_THRESHOLD = 3  # failed checks in a row before a replica is replaced
 POLICY_TIMEOUT_S = 1.0  # a custom autoscaling policy call (or its import) may take this long
+RECORD_AUTOSCALING_STATS_TIMEOUT_S = float(os.environ.get("DSERVE_RECORD_AUTOSCALING_STATS_TIMEOUT_S", 10.0))  # a replica's record_autoscaling_stats() call (Ray's default)
 PROXY_RETRY_AFTER_S = 10.0  # a proxy that failed to start is tried again after this
 PROXY_START_WAIT_S = 15.0  # serve.start waits this long for proxies to come up
 DISCONNECT_WATCH_AFTER_S = 0.05  # requests running longer than this watch for client disconnects
@@ -208,7 +212,13 @@ class AutoscalingConfig(_Strict):
     downscale_to_zero_delay_s: Optional[NonNegativeFloat] = None
     upscale_delay_s: NonNegativeFloat = 30.0
     aggregation_function: Literal["mean", "max", "min"] = "mean"
-    policy: Optional[Union[str, Callable[..., Any]]] = None
+    policy: Optional[Union[AutoscalingPolicy, str, Callable[..., Any]]] = None
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:  # Ray's dict form; Ray's default policy is the built-in one
+        policy = AutoscalingPolicy(**value) if isinstance(value, dict) else value
+        return None if isinstance(policy, AutoscalingPolicy) and policy.is_default() else policy
 
     @field_validator("max_replicas")
     @classmethod

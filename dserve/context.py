@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .exceptions import RayServeException
+from .status_schema import ReplicaRank
 
 __all__ = [
     "ReplicaContext",
@@ -24,13 +25,17 @@ __all__ = [
 
 @dataclass
 class ReplicaContext:
-    """Stores runtime context info for replicas (Ray Serve's fields)."""
+    """Stores runtime context info for replicas (Ray Serve's fields).
+
+    ``rank`` is a ``ReplicaRank`` (``.rank`` 0..N-1 within the deployment, ``.node_rank``,
+    ``.local_rank``); ``world_size`` is the deployment's target replica count when the
+    replica started."""
 
     app_name: str
     deployment: str
     replica_id: str
     servable_object: Any = None
-    rank: int = 0
+    rank: ReplicaRank = field(default_factory=ReplicaRank)
     world_size: int = 1
 
     @property

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from pydantic import ValidationError
 
 from .config import AutoscalingConfig, DeploymentConfig, LoggingConfig, validate_name, validate_route_prefix
+from .gang import GANG_INSTEAD, GangSchedulingConfig
 
 __all__ = ["deployment", "Deployment", "Application", "BuiltApplication", "BuiltDeployment", "build_application"]
 
@@ -38,7 +39,7 @@ _CONFIG_OPTIONS = {
     "max_constructor_retry_count": "max_constructor_retry_count",
     "logging_config": "logging_config",
 }
-_ACCEPTED_AND_IGNORED = {"is_driver_deployment"}
+_ACCEPTED_AND_IGNORED = {"is_driver_deployment", "gang_scheduling_config"}  # the latter: gangs of 1 only
 # Ray options dserve cannot honour, and what it does instead
 _REJECTED = {
     "placement_group_bundles": "dserve places each replica on one Dask worker; give the deployment "
@@ -77,6 +78,12 @@ def _check_options(options: Dict[str, Any], who: str) -> Dict[str, Any]:
     for key, instead in _REJECTED.items():
         if options.get(key) is not None:
             raise ValueError(f"deployment {who!r}: {key} is not supported: {instead}")
+    gang = options.get("gang_scheduling_config")
+    if gang is not None:  # a gang of one replica is what dserve does anyway
+        gang = gang if isinstance(gang, GangSchedulingConfig) else GangSchedulingConfig(**gang)
+        if gang.gang_size > 1:
+            raise ValueError(f"deployment {who!r}: gang_scheduling_config with gang_size={gang.gang_size} is "
+                             f"not supported: {GANG_INSTEAD}")
     unknown = set(options) - set(_CONFIG_OPTIONS) - _ACCEPTED_AND_IGNORED - set(_REJECTED) - {"name", "route_prefix"}
     if unknown:
         raise TypeError(f"deployment {who!r}: unknown option(s) {sorted(unknown)}")

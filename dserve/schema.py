@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .status_schema import (  # noqa: F401 - re-exported: one public home for every schema
     ApplicationDetails, ApplicationStatus, ApplicationStatusOverview, DeploymentDetails, DeploymentStatus,
     DeploymentStatusOverview, DeploymentStatusTrigger, ProxyDetails, ProxyStatus, ReplicaDetails, ReplicaState,
-    ServeStatus, ServeStatusSchema,
+    ReplicaRank, ServeStatus, ServeStatusSchema,
 )
 from .status_schema import ActorInfo
 
@@ -47,6 +47,7 @@ __all__ = [
     "ApplicationDetails",
     "ProxyDetails",
     "ServeInstanceDetails",
+    "ReplicaRank",
     "MULTI_APP",
     "SINGLE_APP",
 ]

@@ -26,7 +26,18 @@ __all__ = [
     "ApplicationDetails",
     "ProxyDetails",
     "ActorInfo",
+    "ReplicaRank",
 ]
+
+
+class ReplicaRank(BaseModel):
+    """A replica's rank within its deployment (0..N-1, stable while it lives; a replacement
+    takes the lowest free one), its host's rank among the deployment's hosts, and its rank
+    among the deployment's replicas on that host."""
+
+    rank: int = Field(0, description="Global rank of the replica across all nodes scoped to the deployment.")
+    node_rank: int = Field(0, description="Rank of the node in the deployment.")
+    local_rank: int = Field(0, description="Rank of the replica on the node scoped to the deployment.")
 
 
 class ApplicationStatus(str, enum.Enum):

@@ -18,7 +18,7 @@ LAYERS: List[List[str]] = [
     ["dserve._version", "dserve.exceptions", "dserve.config", "dserve.schema", "dserve.spec", "dserve.wire",
      "dserve.types", "dserve.context", "dserve.serialization", "dserve.event_loop", "dserve.autoscale",
      "dserve.uvicorn_server", "dserve.http_protocol", "dserve.timers", "dserve.grpc_util", "dserve.auth", "dserve.metrics", "dserve.logs",
-     "dserve.status_schema", "dserve.status_view", "dserve.validation"],
+     "dserve.status_schema", "dserve.status_view", "dserve.validation", "dserve.autoscaling_policy", "dserve.gang"],
     ["dserve.routing", "dserve.runtime"],
     ["dserve.handle", "dserve.deployment", "dserve.ingress", "dserve.batching", "dserve.multiplex", "dserve.build",
      "dserve.dask_map"],

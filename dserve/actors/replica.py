@@ -33,6 +33,8 @@ from ..logs import close_sink, open_replica_sink
 from ..serialization import loads, user_traceback
 from ..types import Message, Receive, Scope, WireContext
 from ..wire import GRPC_METHOD, HTTP_METHOD, LastItem
+from ..status_schema import ReplicaRank
+from .autoscaling_stats import StatsRecorder
 from .grpc_adapter import serve_grpc
 from .http_adapter import serve_http, serve_websocket
 from .replica_metrics import ReplicaMetrics
@@ -133,7 +135,9 @@ class ReplicaActor:
         self.max_ongoing = int(config.get("max_ongoing_requests", 5))
         self.user_config = config.get("user_config")
         self.logging_config = config.get("logging_config")
-        self.context = ReplicaContext(app_name=app, deployment=deployment, replica_id=replica_id)
+        self.context = ReplicaContext(app_name=app, deployment=deployment, replica_id=replica_id,
+                                      rank=ReplicaRank(**config.get("rank", {})), world_size=config.get("world_size", 1))
+        self.stats: Optional[StatsRecorder] = None  # record_autoscaling_stats(), when the class has one
         self.servable: Any = None
         self.ongoing = 0
         self.accepting = False
@@ -183,6 +187,9 @@ class ReplicaActor:
         self._code = self._init = b""
         self.accepting = True
         self.metrics = ReplicaMetrics.create(self)
+        method = None if inspect.isfunction(self.servable) else getattr(self.servable, "record_autoscaling_stats", None)
+        if callable(method):
+            self.stats = StatsRecorder(method, self._run_sync, self.context)
         if self.metrics is not None:
             self.metrics.started()
 
@@ -245,6 +252,8 @@ class ReplicaActor:
     async def shutdown(self) -> None:
         """Release the user object (its ``__del__`` runs) and the thread pool."""
         self.accepting = False
+        if self.stats is not None:
+            self.stats.close()
         if self.metrics is not None:
             self.metrics.forget()
         servable, self.servable = self.servable, None

@@ -6,7 +6,8 @@ data-plane port is, ``routing.worker_end.DataPlane``, and reach any replica here
 through it) and the ``dserve_worker_logs`` handler (the log lines of its
 replicas and proxy, for ``dserve logs``), marks the process as a dserve worker,
 pushes the running-request count of its replicas to the controller for
-autoscaling, with their request totals when they changed (the Serve page's rates
+autoscaling (and the custom metrics of those with ``record_autoscaling_stats``,
+``autoscaling_stats``), with their request totals when they changed (the Serve page's rates
 and latencies), and runs the health checks the controller asks for, all of one
 worker's in one call (``dserve_health_check``), so the controller's check traffic
 is per worker, not per replica.
@@ -91,8 +92,16 @@ class DServeWorkerPlugin(WorkerPlugin):
             counts = {a.replica_id: a.ongoing for a in replicas}
             totals = {a.replica_id: list(a.metrics.totals) for a in replicas
                       if a.metrics is not None and a.metrics.totals != sent.get(a.replica_id)}
+            custom: Dict[str, Dict[str, float]] = {}
+            errors: Dict[str, str] = {}
+            for a in replicas:  # never waits: a slow record_autoscaling_stats() stalls nothing
+                if a.stats is not None:
+                    metrics, errors[a.replica_id] = a.stats.poll()
+                    if metrics is not None:
+                        custom[a.replica_id] = metrics
+            extra = {"custom": custom, "stats_errors": errors} if errors else {}
             try:
-                await self.worker.scheduler.dserve_report_running(counts=counts, totals=totals)
+                await self.worker.scheduler.dserve_report_running(counts=counts, totals=totals, **extra)
             except Exception as exc:  # noqa: BLE001 - metrics are best effort
                 logger.debug("load report failed: %r", exc)
                 continue

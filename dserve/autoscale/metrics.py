@@ -6,18 +6,22 @@ queues (periodically, and at once when a request waits for a deployment with
 no replicas). A deployment's load sample is running + queued; samples are
 kept over the look-back window. Reports older than ``STALE_AFTER_S`` do not count
 and are pruned, so callers and replicas that went away leave nothing behind.
+Custom metrics (a replica's ``record_autoscaling_stats()``) are kept per replica as
+``(time.time(), {name: value})`` samples, at most ``CUSTOM_SAMPLES`` each, with the
+replica's latest stats error.
 """
 from __future__ import annotations
 
 import collections
 import time
-from typing import Deque, Dict, Iterable, Tuple
+from typing import Deque, Dict, Iterable, List, Tuple
 
 from ..config import METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 
 __all__ = ["LoadMetrics", "PUSH_PERIOD_S"]
 
 STALE_AFTER_S = 3 * PUSH_PERIOD_S
+CUSTOM_SAMPLES = 7200  # an hour of custom metric samples per replica, at most
 
 
 class LoadMetrics:
@@ -27,6 +31,31 @@ class LoadMetrics:
         self.running: Dict[str, Tuple[float, int]] = {}  # replica id -> (time, ongoing)
         self.queued: Dict[Tuple[str, str], Tuple[float, int]] = {}  # (deployment key, source) -> (time, queued)
         self.samples: Dict[str, Deque[Tuple[float, float]]] = collections.defaultdict(collections.deque)
+        self.custom: Dict[str, Deque[Tuple[float, Dict[str, float]]]] = {}  # replica id -> samples
+        self.custom_errors: Dict[str, str] = {}  # replica id -> why its last stats call failed
+
+    def report_custom(self, metrics: Dict[str, Dict[str, float]], errors: Dict[str, str]) -> None:
+        """Replicas' new custom metrics, and the stats errors of every replica that has them."""
+        now = time.time()
+        for replica_id, values in metrics.items():
+            self.custom.setdefault(replica_id, collections.deque(maxlen=CUSTOM_SAMPLES)).append((now, values))
+        for replica_id, error in errors.items():
+            if error:
+                self.custom_errors[replica_id] = error
+            else:
+                self.custom_errors.pop(replica_id, None)
+
+    def custom_samples(self, replica_ids: Iterable[str], window_s: float) -> Dict[str, List[Tuple[float, Dict[str, float]]]]:
+        """Each replica's custom metric samples inside the window (older ones are dropped)."""
+        cutoff = time.time() - window_s
+        out = {}
+        for rid in replica_ids:
+            series = self.custom.get(rid)
+            while series and series[0][0] < cutoff:
+                series.popleft()
+            if series:
+                out[rid] = list(series)
+        return out
 
     def report_running(self, counts: Dict[str, int]) -> None:
         now = time.monotonic()
@@ -43,6 +72,8 @@ class LoadMetrics:
 
     def forget_replica(self, replica_id: str) -> None:
         self.running.pop(replica_id, None)
+        self.custom.pop(replica_id, None)
+        self.custom_errors.pop(replica_id, None)
 
     def prune(self) -> None:
         """Forget reports too old to count: queues of callers that stopped reporting (a

@@ -6,42 +6,27 @@ down-scaling factor, rounded up, clamped to [min, max]. A change is applied
 only after it has been wanted continuously for ``upscale_delay_s`` (up) or
 ``downscale_delay_s`` (down; ``downscale_to_zero_delay_s`` for the last
 replica). From zero, any waiting request scales to one at once.
-A custom policy (callable or import path) gets an ``AutoscalingContext`` and
-returns the desired count (or ``(count, state)``); its decisions apply at once
-(it owns its timing, keeping what it needs in ``policy_state``).
+A custom policy (callable, import path, or ``AutoscalingPolicy``: a function, or a
+class instantiated once with ``policy_kwargs``) gets an ``AutoscalingContext`` and
+returns the desired count (a float is rounded up), or ``(count, state)``; its
+decisions apply at once (it owns its timing, keeping what it needs in
+``policy_state``). The context carries the replicas' custom metrics
+(``record_autoscaling_stats``): ``raw_metrics`` and their time-weighted means,
+``aggregated_metrics``.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..autoscaling_policy import AutoscalingContext, TimeStampedValue, resolve_policy
 from ..config import AutoscalingConfig
 
-__all__ = ["AutoscalingContext", "Autoscaler", "default_desired", "load_policy"]
+__all__ = ["AutoscalingContext", "Autoscaler", "custom_metrics", "default_desired", "load_policy"]
 
-
-@dataclass
-class AutoscalingContext:
-    """What a policy decides from (names follow Ray Serve's context)."""
-
-    config: AutoscalingConfig
-    deployment_name: str
-    app_name: str
-    current_num_replicas: int
-    target_num_replicas: int
-    running_replicas: int
-    total_running_requests: float
-    total_queued_requests: float
-    total_num_requests: float
-    capacity_adjusted_min_replicas: int
-    capacity_adjusted_max_replicas: int
-    policy_state: Dict[str, Any] = field(default_factory=dict)
-    last_scale_up_time: Optional[float] = None
-    last_scale_down_time: Optional[float] = None
+Samples = Dict[str, List[Tuple[float, Dict[str, float]]]]  # replica id -> [(time.time(), {name: value})]
 
 
 def _aggregate(values: list, how: str) -> float:
@@ -69,11 +54,31 @@ def default_desired(config: AutoscalingConfig, current: int, load: float) -> int
 
 
 def load_policy(policy: Any) -> Callable[..., Any]:
-    """The policy callable itself, or the one an import path (``module:attr``) names."""
-    if callable(policy):
-        return policy
-    module, _, attr = str(policy).replace(":", ".").rpartition(".")
-    return getattr(importlib.import_module(module), attr)
+    """What the policy setting names, ready to call (a class instantiated: keep the result)."""
+    return resolve_policy(policy)
+
+
+def _time_weighted(series: List[TimeStampedValue], now: float) -> float:
+    """Each value holds from its time to the next sample's (the last one's until now)."""
+    if len(series) == 1:
+        return series[0].value
+    ends = [s.timestamp for s in series[1:]] + [max(now, series[-1].timestamp)]
+    weights = [end - s.timestamp for s, end in zip(series, ends)]
+    total = sum(weights)
+    if total <= 0:
+        return statistics.fmean(s.value for s in series)
+    return sum(s.value * w for s, w in zip(series, weights)) / total
+
+
+def custom_metrics(samples: Samples, now: float) -> Tuple[Dict[str, Dict[str, List[TimeStampedValue]]], Dict[str, Dict[str, float]]]:
+    """``(raw_metrics, aggregated_metrics)`` as the context holds them: by metric name, then replica id."""
+    raw: Dict[str, Dict[str, List[TimeStampedValue]]] = {}
+    for rid, series in samples.items():
+        for t, values in series:
+            for name, value in values.items():
+                raw.setdefault(name, {}).setdefault(rid, []).append(TimeStampedValue(t, value))
+    aggregated = {name: {rid: _time_weighted(vs, now) for rid, vs in per.items()} for name, per in raw.items()}
+    return raw, aggregated
 
 
 class Autoscaler:
@@ -87,9 +92,17 @@ class Autoscaler:
         self.policy_state: Dict[str, Any] = {}
         self.last_up: Optional[float] = None  # time.time() of the last scale-up decision
         self.last_down: Optional[float] = None  # ... and of the last scale-down decision
+        self._policy: Any = None  # the configured policy setting, and the callable made from it
+        self._policy_fn: Optional[Callable[..., Any]] = None
 
-    def decide(self, config: AutoscalingConfig, current: int, running: int, samples: list,
-               running_requests: int, queued_requests: int, names: Tuple[str, str]) -> Tuple[int, str]:
+    def _callable(self, policy: Any) -> Callable[..., Any]:
+        if self._policy_fn is None or self._policy is not policy:  # a class: one instance per setting
+            self._policy_fn, self._policy = load_policy(policy), policy
+        return self._policy_fn
+
+    def decide(self, config: AutoscalingConfig, current: int, running: List[str], samples: list,
+               running_requests: int, queued_requests: int, names: Tuple[str, str],
+               custom: Optional[Samples] = None) -> Tuple[int, str]:
         """The new target (maybe unchanged) and why."""
         now = time.monotonic()
         load = _aggregate([v for _, v in samples], config.aggregation_function)
@@ -97,15 +110,16 @@ class Autoscaler:
             target = max(1, config.min_replicas, min(config.max_replicas, default_desired(config, 0, queued_requests)))
             return self._decided(now, target, f"{queued_requests} request(s) waiting with no replicas", current)
         if config.policy is not None:
+            raw, aggregated = custom_metrics(custom or {}, time.time())
             context = AutoscalingContext(
-                config, names[1], names[0], running, current, running, running_requests, queued_requests,
-                running_requests + queued_requests, config.min_replicas, config.max_replicas,
-                self.policy_state, self.last_up, self.last_down,
+                config, names[1], names[0], len(running), current, list(running), running_requests,
+                queued_requests, running_requests + queued_requests, config.min_replicas, config.max_replicas,
+                self.policy_state, self.last_up, self.last_down, time.time(), raw, aggregated,
             )
-            result = load_policy(config.policy)(context)
+            result = self._callable(config.policy)(context)
             if isinstance(result, tuple):
                 result, self.policy_state = result[0], dict(result[1] or {})
-            desired = max(config.min_replicas, min(config.max_replicas, int(result)))
+            desired = max(config.min_replicas, min(config.max_replicas, math.ceil(result)))
             if desired == current:
                 return current, ""
             # a custom policy owns its timing (it can keep state in policy_state)

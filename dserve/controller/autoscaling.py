@@ -5,8 +5,11 @@ one). A custom policy is user code running in the scheduler, so it runs on the
 deployment's own thread, one call at a time: any exception (even ``SystemExit``)
 or a call still running after ``POLICY_TIMEOUT_S`` leaves the target where it is
 and puts the reason in the deployment's status; the scheduler and every other
-deployment carry on. ``policy_import_error`` checks at deploy time that a
-policy's import path loads on the scheduler.
+deployment carry on (a class-based policy is instantiated there too, on its first
+call). ``policy_import_error`` checks at deploy time that a policy's import path
+loads on the scheduler. The replicas' custom metrics (``record_autoscaling_stats``)
+inside the look-back window go to a custom policy; a replica's stats error shows in
+the deployment's status (``stats_error``).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from ..autoscale import Autoscaler
-from ..autoscale.policy import load_policy
+from ..autoscaling_policy import import_path, import_policy
 from ..config import POLICY_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ class DeploymentScaler:
     def __init__(self) -> None:
         self.policy = Autoscaler()
         self.error = ""  # why the last decision failed, shown in the deployment's status
+        self.stats_error = ""  # why a replica's record_autoscaling_stats() failed, ditto
         self._call: Optional[concurrent.futures.Future] = None
         self._call_started = 0.0
 
@@ -55,10 +59,13 @@ class DeploymentScaler:
         running_requests = metrics.total_running([r.replica_id for r in running])
         queued = metrics.total_queued(dep.key)
         samples = list(metrics.sample(dep.key, running_requests + queued, config.look_back_period_s))
-        args = (config, dep.target, len(running), samples, running_requests, queued, (dep.app, dep.name))
+        ids = [r.replica_id for r in running]
+        failing = sorted((rid, metrics.custom_errors[rid]) for rid in ids if rid in metrics.custom_errors)
+        self.stats_error = f"Replica {failing[0][0]}: {failing[0][1]}." if failing else ""
+        args = (config, dep.target, ids, samples, running_requests, queued, (dep.app, dep.name))
         if config.policy is None or (dep.target == 0 and queued > 0):  # built-in: cheap, on the loop
             return self.policy.decide(*args)
-        return self._custom(dep.target, args)
+        return self._custom(dep.target, args + (metrics.custom_samples(ids, config.look_back_period_s),))
 
     def _custom(self, target: int, args: tuple) -> Optional[Tuple[int, str]]:
         call = self._call
@@ -105,14 +112,15 @@ async def policy_import_error(specs: "list[DeploymentSpec]") -> Optional[str]:
     loop = asyncio.get_running_loop()
     for spec in specs:
         config = spec.config.autoscaling_config
-        if config is None or not isinstance(config.policy, str):
+        path = None if config is None else import_path(config.policy)
+        if path is None:
             continue
         try:
-            await asyncio.wait_for(loop.run_in_executor(None, load_policy, config.policy), POLICY_TIMEOUT_S)
+            await asyncio.wait_for(loop.run_in_executor(None, import_policy, path), POLICY_TIMEOUT_S)
         except asyncio.TimeoutError:
-            return f"Deployment '{spec.name}': importing its autoscaling policy {config.policy!r} took longer than {POLICY_TIMEOUT_S:g}s."
+            return f"Deployment '{spec.name}': importing its autoscaling policy {path!r} took longer than {POLICY_TIMEOUT_S:g}s."
         except BaseException as exc:  # noqa: BLE001 - user code
-            return (f"Deployment '{spec.name}': its autoscaling policy {config.policy!r} cannot be imported on the "
+            return (f"Deployment '{spec.name}': its autoscaling policy {path!r} cannot be imported on the "
                     f"scheduler: {type(exc).__name__}: {exc}")
     return None
 

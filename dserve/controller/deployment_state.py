@@ -119,7 +119,7 @@ class DeploymentState:
     # ---- autoscaling ----
     @property
     def policy_error(self) -> str:
-        return self.autoscaler.error
+        return self.autoscaler.error or self.autoscaler.stats_error
 
     def autoscale(self) -> None:
         """Sample this deployment's load and move its target as the policy says."""
@@ -127,8 +127,8 @@ class DeploymentState:
         if config is None or self.deleting or self.status == DeploymentStatus.DEPLOY_FAILED:
             return
         decision = self.autoscaler.step(self)
-        if self.autoscaler.error:
-            self.message = self.autoscaler.error
+        if self.policy_error:
+            self.message = self.policy_error
         if decision is None or decision[0] == self.target:
             return
         target, why = decision
@@ -166,7 +166,8 @@ class DeploymentState:
                 for replica_id in self.replicas.keys() - self.limits.keys():  # just placed, from this spec
                     self.limits[replica_id] = self.spec.config.max_ongoing_requests
             if missing < 0:
-                surplus = sorted(current, key=lambda r: (r.state == ReplicaState.RUNNING, r.started_at), )
+                # not yet running first, then the highest ranks (ranks stay 0..N-1)
+                surplus = sorted(current, key=lambda r: (r.state == ReplicaState.RUNNING, -r.rank["rank"]))
                 for r in surplus[: -missing]:
                     self.stop(r)
         running_current = sum(1 for r in current if r.state == ReplicaState.RUNNING)

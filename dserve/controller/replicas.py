@@ -24,6 +24,7 @@ from ..config import (
 )
 from ..schema import DeploymentStatusTrigger, ReplicaState
 from .placement import ALONE
+from .ranks import next_rank
 
 if TYPE_CHECKING:
     from .deployment_state import DeploymentState
@@ -53,6 +54,7 @@ class ReplicaRecord:
     draining: bool = False  # stopping, and its drain has begun
     moving: bool = False  # isolated placement: replaced by a replica on a worker of its own, then drained
     models: List[str] = field(default_factory=list)  # multiplexed model ids it holds
+    rank: Dict[str, int] = field(default_factory=lambda: {"rank": 0, "node_rank": 0, "local_rank": 0})
 
 
 class Placement:
@@ -113,6 +115,7 @@ class Placement:
             code_version=dep.run_version,
             demand=dict(self.demand),
             state=ReplicaState.RECOVERING if app is not None and app.recovering else ReplicaState.STARTING,
+            rank=next_rank(dep, ws.host),
         )
 
 
@@ -179,7 +182,8 @@ async def start_replica(dep: "DeploymentState", r: ReplicaRecord) -> None:
     spec = dep.spec
     logging_config = spec.config.logging_config
     config = {"max_ongoing_requests": spec.config.max_ongoing_requests, "user_config": spec.config.user_config,
-              "logging_config": logging_config.model_dump() if logging_config is not None else None}
+              "logging_config": logging_config.model_dump() if logging_config is not None else None,
+              "rank": r.rank, "world_size": dep.target}
     error: Optional[str] = None
     info: Dict[str, Any] = {}
     try:

@@ -226,10 +226,15 @@ class ControllerService:
         return {"name": name, "ingress": app.ingress, "route_prefix": app.route_prefix,
                 "deployments": list(app.deployments)}
 
-    async def report_running(self, counts: Dict[str, int], totals: Optional[Dict[str, List[int]]] = None) -> None:
+    async def report_running(self, counts: Dict[str, int], totals: Optional[Dict[str, List[int]]] = None,
+                             custom: Optional[Dict[str, Dict[str, float]]] = None,
+                             stats_errors: Optional[Dict[str, str]] = None) -> None:
         """A worker's replicas and how many requests each is running; the request totals
-        of those whose totals changed (see ``traffic``)."""
+        of those whose totals changed (see ``traffic``); new custom metrics
+        (``record_autoscaling_stats``) and the stats errors of replicas that have them."""
         self.controller.metrics.report_running(counts)
+        if custom or stats_errors:
+            self.controller.metrics.report_custom(custom or {}, stats_errors or {})
         if totals:
             self.controller.traffic.report(totals)
 
