@@ -72,7 +72,9 @@ def build(serve: Any) -> Any:
 
     api = FastAPI()
 
-    @serve.deployment(max_ongoing_requests=256)
+    # the ingress only relays (JSON in, vectors out): no CPU reserved, so that on a 2-CPU Ray
+    # cluster the app fits beside the Embedder's two (Ray reserves one CPU per replica by default)
+    @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
     @serve.ingress(api)
     class EmbeddingAPI:
         def __init__(self, embedder: Any) -> None:
@@ -109,7 +111,8 @@ def scenario(sys_: Any, seconds: float, emit: Callable[..., None], texts: int = 
                  p50_ms=result["p50_ms"], p99_ms=result["p99_ms"], errors=result["errors"])
     if sys_.name.startswith("dserve"):
         _physical_limit(sys_.name, seconds, pool, emit)
-        _offline(sys_, texts, emit)
+        if texts > 0:  # `--embed-texts 0`: online only
+            _offline(sys_, texts, emit)
 
 
 def _settle(url: str, pool: List[str]) -> None:

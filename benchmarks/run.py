@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--scenarios", default="startup,http,cpu,compose,handle,stream,batch,autoscale,soak,memory,grpc",
                         help="comma-separated; `embeddings` (a real model, examples/embeddings) is opt-in")
-    parser.add_argument("--embed-texts", type=int, default=20_000, help="texts in the offline embeddings run")
+    parser.add_argument("--embed-texts", type=int, default=20_000, help="texts in the offline embeddings run (0: online only)")
     args = parser.parse_args()
     wanted = args.scenarios.split(",")
     systems = []
