@@ -33,6 +33,16 @@ def auth_headers() -> Dict[str, str]:
     return bearer_header(load_token())
 
 
+APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
+
+
+def make_apps_importable(mp: "pytest.MonkeyPatch") -> None:
+    """This process, and the worker subprocesses started from now on, can import tests/apps
+    (config deploys by import path, policies the controller imports)."""
+    mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
+    mp.syspath_prepend(APPS_DIR)
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

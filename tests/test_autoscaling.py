@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 import dserve as serve
-from conftest import proxy_url, wait_for
+from conftest import APPS_DIR, proxy_url, wait_for
 
-APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
 def running(app, dep):

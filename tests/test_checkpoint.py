@@ -16,17 +16,15 @@ import httpx
 import pytest
 
 import dserve as serve
-from conftest import free_port, proxy_details, wait_for
+from conftest import free_port, make_apps_importable, proxy_details, wait_for
 from dserve.controller import checkpoint
 
-APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
 @pytest.fixture
 def workers_import_test_apps(monkeypatch):
     """Worker subprocesses (and this process) can import tests/apps."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
-    monkeypatch.syspath_prepend(APPS_DIR)
+    make_apps_importable(monkeypatch)
 
 
 def start(state_path, **options):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 import dserve as serve
-from conftest import HTTPLoad, free_port, wait_for
+from conftest import free_port, HTTPLoad, make_apps_importable, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,6 @@ def test_scheduler_restart_restores_applications(cluster):
     wait_for(lambda: httpx.get(url, timeout=5).status_code == 200, timeout=60, what="HTTP served again")
 
 
-APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
 def _greeter_config(*names):
@@ -182,7 +181,7 @@ def test_kill_9_of_the_scheduler_mid_deploy_loses_no_running_application(tmp_pat
     replicas start, about when they run): after each restart on the same state file the
     application that had reached RUNNING is back and answering, and any application the
     checkpoint caught mid-deploy finishes deploying."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
+    make_apps_importable(monkeypatch)
     cluster = Cluster(tmp_path, workers=1)
     try:
         serve.start(address=cluster.address)

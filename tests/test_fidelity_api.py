@@ -15,7 +15,7 @@ import pytest
 
 import dserve as serve
 from dserve.schema import ProxyStatus
-from conftest import free_port, proxy_details, wait_for
+from conftest import free_port, make_apps_importable, proxy_details, wait_for
 
 
 def _occupied_port() -> socket.socket:
@@ -113,15 +113,13 @@ class Operator:
         return await handle.remote(x)
 
 
-APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
 @pytest.fixture(scope="module")
 def instance():
     """dserve on an embedded cluster whose workers can import tests/apps (config deploys)."""
     with pytest.MonkeyPatch.context() as mp:  # later modules get sys.path and PYTHONPATH back as they were
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
-        mp.syspath_prepend(APPS_DIR)
+        make_apps_importable(mp)
         serve.start(http_options={"port": free_port()})
         try:
             yield serve

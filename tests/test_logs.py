@@ -27,9 +27,8 @@ import dserve as serve
 import dserve.schema
 from dserve import LoggingConfig
 from dserve.config import LOG_RING_LINES
-from conftest import auth_headers, free_port, proxy_url, wait_for
+from conftest import APPS_DIR, auth_headers, free_port, make_apps_importable, proxy_url, wait_for
 
-APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 ROTATE_BYTES = 4096  # the workers' DSERVE_ROTATION_MAX_BYTES in this module
 
 
@@ -37,8 +36,7 @@ ROTATE_BYTES = 4096  # the workers' DSERVE_ROTATION_MAX_BYTES in this module
 def logs_env():
     """dserve whose workers import tests/apps and rotate log files at ROTATE_BYTES (2 backups)."""
     with pytest.MonkeyPatch.context() as mp:  # later modules get the environment back as it was
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
-        mp.syspath_prepend(APPS_DIR)
+        make_apps_importable(mp)
         mp.setenv("DSERVE_ROTATION_MAX_BYTES", str(ROTATE_BYTES))
         mp.setenv("DSERVE_ROTATION_BACKUP_COUNT", "2")
         serve.start(http_options={"port": free_port()})

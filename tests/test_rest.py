@@ -1,21 +1,18 @@
 """The REST admin API (V1 and V2) against a real controller in the embedded scheduler."""
-import os
 
 import httpx
 import pytest
 
 import dserve as serve
-from conftest import auth_headers, free_port, proxy_url, wait_for
+from conftest import auth_headers, free_port, make_apps_importable, proxy_url, wait_for
 
-APPS_DIR = os.path.join(os.path.dirname(__file__), "apps")
 
 
 @pytest.fixture(scope="module")
 def rest_client():
     """dserve whose workers can import tests/apps; yields an httpx client on the REST API."""
     with pytest.MonkeyPatch.context() as mp:  # later modules get sys.path and PYTHONPATH back as they were
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [APPS_DIR, os.environ.get("PYTHONPATH")])))
-        mp.syspath_prepend(APPS_DIR)
+        make_apps_importable(mp)
         serve.start(http_options={"port": free_port()})
         try:
             from dserve.api import _sync

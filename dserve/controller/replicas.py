@@ -24,7 +24,7 @@ from ..config import (
 )
 from ..schema import DeploymentStatusTrigger, ReplicaState
 from .placement import ALONE
-from .ranks import next_rank
+from .ranks import RankAllocator
 
 if TYPE_CHECKING:
     from .deployment_state import DeploymentState
@@ -73,6 +73,7 @@ class Placement:
         controller = dep.controller
         self.workers = controller.placeable_workers()
         self.busy = controller.proxy_workers()
+        self.ranks = RankAllocator(dep)
         self.isolated = controller.placement == "isolated"
         self.demand = dep.spec.config.ray_actor_options.demand()
 
@@ -115,7 +116,7 @@ class Placement:
             code_version=dep.run_version,
             demand=dict(self.demand),
             state=ReplicaState.RECOVERING if app is not None and app.recovering else ReplicaState.STARTING,
-            rank=next_rank(dep, ws.host),
+            rank=self.ranks.take(ws.host),
         )
 
 
