@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from distributed import Worker
 
 __all__ = ["home_loop", "side_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait",
-           "lend_loop"]
+           "post", "lend_loop"]
 
 logger = logging.getLogger("dserve")
 
@@ -134,9 +134,17 @@ class _Crossing:
         except RuntimeError:
             here = None
         if here is not None and here is not self.loop:
-            here.call_soon(self._wake)
+            if self.loop.is_closed():
+                self._wake()  # raises: the caller learns now
+            here.call_soon(self._wake_later)
         else:
             self._wake()
+
+    def _wake_later(self) -> None:
+        try:
+            self._wake()
+        except RuntimeError:  # the loop closed meanwhile: what was posted has no one to run it
+            pass
 
     def _wake(self) -> None:
         try:
@@ -169,6 +177,12 @@ def _crossing(loop: asyncio.AbstractEventLoop) -> _Crossing:
             if crossing is None:
                 crossing = _crossings[loop] = _Crossing(loop)
     return crossing
+
+
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` on ``loop`` soon, from any thread (batched with other crossings);
+    ``RuntimeError`` when ``loop`` is closed."""
+    _crossing(loop).post(fn, *args)
 
 
 def submit(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future:

@@ -2,22 +2,25 @@
 
 ``handle.remote(...)`` returns a ``DeploymentResponse`` (``await`` it or call
 ``.result()``); with ``.options(stream=True)`` it returns a
-``DeploymentResponseGenerator``. The work happens on the process's home event
-loop (see ``event_loop``), so handles work from sync code, from async code on
-any loop, inside replicas and inside Dask tasks. ``RayServeHandle`` and
-``RayServeSyncHandle`` keep the pre-2.7 API for old code.
+``DeploymentResponseGenerator`` (both in ``responses``). The work happens on
+the process's home event loop (see ``event_loop``), so handles work from sync
+code, from async code on any loop, inside replicas and inside Dask tasks. A loop
+that makes many calls gets a lane of its own (``routing.lane``), and a unary
+call made on its router's loop is sent at once, with no task
+(``routing.started_call``). ``RayServeHandle`` and ``RayServeSyncHandle`` keep
+the pre-2.7 API for old code.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, AsyncIterator, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-from .config import REPR_STATUS_TIMEOUT_S
+from .config import REPR_STATUS_TIMEOUT_S, STREAM_WINDOW
 from .context import RequestContext, get_request_context, new_request_id
-from .event_loop import in_loop_thread, submit, wait
-from .config import STREAM_WINDOW
-from .exceptions import RayServeException, RequestCancelledError
+from .event_loop import in_loop_thread, submit
+from .exceptions import RayServeException
+from .responses import DeploymentResponse, DeploymentResponseGenerator, pump
 from .runtime import current_runtime, get_runtime
 from .status_view import handle_html
 
@@ -31,188 +34,6 @@ __all__ = [
 
 _UNSET: Any = object()
 _Future = Union[asyncio.Future, concurrent.futures.Future]
-
-
-def _loop_misuse() -> RuntimeError:
-    return RuntimeError(
-        "`.result()` would block the event loop this handle's calls run on (a deadlock). "
-        "Use `await response` in async code instead."
-    )
-
-
-def _state(future: _Future) -> str:
-    if future.cancelled():
-        return "cancelled"
-    if not future.done():
-        return "pending"
-    return "failed" if future.exception() is not None else "done"
-
-
-class DeploymentResponse:
-    """A future-like object wrapping the result of a unary handle call."""
-
-    __slots__ = ("_future", "_request_id", "_call")
-
-    def __init__(self, future: _Future, request_id: str, call: Tuple[str, str, str] = ("", "", "")) -> None:
-        self._future = future
-        self._request_id = request_id
-        self._call = call  # (deployment, application, method)
-
-    def __repr__(self) -> str:
-        deployment, app, method = self._call
-        return (f"{type(self).__name__}(deployment={deployment!r}, app={app!r}, method={method!r}, "
-                f"state={_state(self._future)!r}, request_id={self._request_id!r})")
-
-    @property
-    def request_id(self) -> str:
-        return self._request_id
-
-    def result(self, *, timeout_s: Optional[float] = None, _skip_asyncio_check: bool = False) -> Any:
-        """Block until the result is ready; ``TimeoutError`` after ``timeout_s``."""
-        fut = self._future
-        if isinstance(fut, asyncio.Future):
-            if not fut.done():
-                raise _loop_misuse()
-            return self._unwrap(fut)
-        try:
-            return fut.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"Timed out waiting for the result after {timeout_s}s.") from None
-        except concurrent.futures.CancelledError:
-            raise RequestCancelledError(self._request_id) from None
-
-    def _unwrap(self, fut: asyncio.Future) -> Any:
-        if fut.cancelled():
-            raise RequestCancelledError(self._request_id)
-        return fut.result()
-
-    def __await__(self):
-        return self._await().__await__()
-
-    async def _await(self) -> Any:
-        fut = self._future
-        try:
-            if isinstance(fut, asyncio.Future):
-                return await fut  # cancelling the caller cancels the call (Ray's semantics)
-            return await wait(fut)
-        except asyncio.CancelledError:
-            if fut.cancelled():
-                raise RequestCancelledError(self._request_id) from None
-            raise
-
-    def cancel(self) -> None:
-        """Cancel the request; the replica sees ``asyncio.CancelledError``."""
-        fut = self._future
-        if isinstance(fut, asyncio.Future):
-            fut.get_loop().call_soon_threadsafe(fut.cancel)
-        else:
-            fut.cancel()
-
-    def cancelled(self) -> bool:
-        return self._future.cancelled()
-
-    def done(self) -> bool:
-        return self._future.done()
-
-
-class DeploymentResponseGenerator:
-    """Iterates the items of a streaming call (``for`` and ``async for``)."""
-
-    def __init__(self, queue: "asyncio.Queue", task: _Future, loop: asyncio.AbstractEventLoop, request_id: str,
-                 call: Tuple[str, str, str] = ("", "", "")) -> None:
-        self._queue = queue
-        self._task = task
-        self._loop = loop
-        self._request_id = request_id
-        self._finished = False
-        self._call = call  # (deployment, application, method)
-
-    def __repr__(self) -> str:
-        deployment, app, method = self._call
-        state = "finished" if self._finished else "streaming" if not self._task.done() else _state(self._task)
-        return (f"{type(self).__name__}(deployment={deployment!r}, app={app!r}, method={method!r}, "
-                f"state={state!r}, request_id={self._request_id!r})")
-
-    @property
-    def request_id(self) -> str:
-        return self._request_id
-
-    def _take(self, item: Any) -> Any:
-        kind, value = item
-        if kind == "item":
-            return value
-        self._finished = True
-        if kind == "error":
-            if isinstance(value, asyncio.CancelledError):
-                raise RequestCancelledError(self._request_id)
-            raise value
-        raise _Done
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._finished:
-            raise StopIteration
-        if in_loop_thread(self._loop):
-            raise _loop_misuse()
-        item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
-        try:
-            return self._take(item)
-        except _Done:
-            raise StopIteration from None
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._finished:
-            raise StopAsyncIteration
-        if in_loop_thread(self._loop):
-            item = await self._queue.get()
-        else:
-            item = await wait(submit(self._queue.get(), self._loop))
-        try:
-            return self._take(item)
-        except _Done:
-            raise StopAsyncIteration from None
-
-    def cancel(self) -> None:
-        """Stop the stream; the generator in the replica is cancelled."""
-        task = self._task
-        if isinstance(task, asyncio.Future):
-            self._loop.call_soon_threadsafe(task.cancel)
-        else:
-            task.cancel()
-
-    def cancelled(self) -> bool:
-        return self._task.cancelled()
-
-
-class _Done(Exception):
-    pass
-
-
-async def _pump(stream: AsyncIterator[Any], queue: "asyncio.Queue") -> None:
-    try:
-        async for item in stream:
-            await queue.put(("item", item))
-    except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
-        _put_last(queue, ("error", exc))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-    else:
-        await queue.put(("done", None))
-
-
-def _put_last(queue: "asyncio.Queue", item: Any) -> None:
-    """Put a stream's final marker now, even into a full queue (it ends the stream: an item
-    the reader has not taken yet is dropped for it)."""
-    try:
-        queue.put_nowait(item)
-    except asyncio.QueueFull:
-        queue.get_nowait()
-        queue.put_nowait(item)
 
 
 class DeploymentHandle:
@@ -303,20 +124,31 @@ class DeploymentHandle:
         loop = runtime.loop
         ctx = self._context()
         app, dep, method = self._app_name, self._deployment_name, self._method_name
+        routers: Any = runtime
+        if dep:
+            caller = _running_loop()
+            if caller is not None and caller is not loop:
+                lane = runtime.lane(caller)
+                if lane is not None:  # this loop routes its own calls (``routing.lane``)
+                    routers, loop = lane, caller
+            if caller is loop and not self._stream and not _has_responses(args, kwargs):
+                started = routers.router(app, dep).start_call(method, args, kwargs, ctx)
+                if started is not None:  # sent already: no task (``routing.started_call``)
+                    return DeploymentResponse(started, ctx.request_id, (dep, app, method))
         if self._stream:
             queue: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)  # bounded: a slow reader pauses the stream
 
             async def stream_call() -> None:
                 a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
                 target = dep or await self._ingress(runtime)
-                await _pump(runtime.router(app, target).stream(method, a, k, ctx), queue)
+                await pump(routers.router(app, target).stream(method, a, k, ctx), queue)
 
             task = _submit(stream_call(), loop)
             return DeploymentResponseGenerator(queue, task, loop, ctx.request_id, (dep, app, method))
 
         async def call() -> Any:
             a, k = await _resolve_responses(args, kwargs) if _has_responses(args, kwargs) else (args, kwargs)
-            return await runtime.router(app, dep or await self._ingress(runtime)).call(method, a, k, ctx)
+            return await routers.router(app, dep or await self._ingress(runtime)).call(method, a, k, ctx)
 
         return DeploymentResponse(_submit(call(), loop), ctx.request_id, (dep, app, method))
 
@@ -357,6 +189,13 @@ def _status_tree() -> Tuple[Optional[Dict[str, Any]], str]:
     except Exception as exc:  # noqa: BLE001 - a repr shows why, never raises
         future.cancel()
         return None, f"status unavailable: {exc!r}"
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> _Future:

@@ -5,7 +5,10 @@ their own sessions, every listening socket on 127.0.0.1 (Dask dashboards
 included) unless asked otherwise; ``~/.dserve/cluster.json`` (``DSERVE_HOME``)
 records their addresses, process ids and each process's start time, so later
 commands find them and ``stop_launched`` signals only processes that provably
-are the ones it started (a stale record's reused pid is left alone).
+are the ones it started (a stale record's reused pid is left alone). With the
+default isolated placement (``dserve.placement``) one more worker, with one thread
+and the ``proxy`` resource, hosts the HTTP/gRPC proxy alone, as on the embedded
+cluster: replicas never share its process.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Any, Dict, Optional
 import httpx
 
 from .auth import bearer_header, ensure_token, home_dir
+from .config import EMBEDDED_PROXY_THREADS, PROXY_RESOURCE
+from .controller.placement import placement_mode
 
 __all__ = ["LaunchError", "home", "state_file", "launched", "running", "launch_local", "stop_launched", "ours",
            "identity", "alive"]
@@ -93,9 +98,12 @@ def launch_local(http_host: str, http_port: int, proxy_location: str, rest_port:
                        "--dserve-http-host", http_host, "--dserve-http-port", str(http_port),
                        "--dserve-proxy-location", proxy_location, "--dserve-rest-port", str(rest_port),
                        "--dserve-rest-host", rest_host])
+    worker = ["distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    if proxy_location.lower() != "disabled" and placement_mode() == "isolated":
+        spawn([*worker, "--nthreads", str(EMBEDDED_PROXY_THREADS), "--resources", f"{PROXY_RESOURCE}=1",
+               "--name", "dserve-proxy"])
     for _ in range(n_workers):
-        spawn(["distributed.cli.dask_worker", address, "--nthreads", str(nthreads), "--host", "127.0.0.1",
-               "--dashboard-address", "127.0.0.1:0"])
+        spawn([*worker, "--nthreads", str(nthreads)])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -25,6 +25,7 @@ from distributed.utils import get_ip
 from .config import LONG_POLL_TIMEOUT_S, LONG_POLL_WARN_AFTER, METRICS_PUSH_PERIOD_S as PUSH_PERIOD_S
 from .context import new_request_id
 from .event_loop import in_loop_thread, side_loop, worker_or_none
+from .routing.lane import Lane, Lanes
 from .routing.router import ReplicaSlot, Router
 from .routing.transport import InProcessChannel, MuxConnection
 from .types import ReplicaSetSnapshot
@@ -68,6 +69,7 @@ class Runtime:
         self.local_replicas: Dict[Tuple[str, str], Any] = {}  # local testing mode
         self.local_apps: Dict[str, str] = {}  # local testing mode: application -> ingress
         self._listener: Optional[asyncio.Task] = None
+        self._lanes = Lanes()
         self.closed = False
         self._reporter: Optional[asyncio.Task] = None
         self.source = new_request_id()  # identifies this process's queue reports
@@ -159,6 +161,18 @@ class Runtime:
                 self._restart_listener()
         return router
 
+    def follow(self, app: str, deployment: str, follower: Router) -> None:
+        """A lane's router follows this runtime's router of the same deployment (loop thread)."""
+        if not self.closed:
+            self.router(app, deployment).follow(follower)
+
+    def lane(self, loop: asyncio.AbstractEventLoop) -> Optional[Lane]:
+        """Where calls made on ``loop`` (not the home loop) are routed, once it calls often
+        enough to be worth its own connections (``routing.lane``); None: through the home loop."""
+        if self.closed or self.local_replicas:
+            return None
+        return self._lanes.get(self, loop)
+
     def watch(self, key: str, callback: Callable[[dict], None]) -> None:
         """Call ``callback(snapshot)`` whenever the controller's ``key`` changes (loop thread)."""
         self.watchers[key] = (-1, callback)
@@ -175,7 +189,9 @@ class Runtime:
         if self._reporter is None:
             self._reporter = asyncio.ensure_future(self._report_queues())
         if not router.slots:
-            asyncio.ensure_future(self._send_queued({f"{router.app}#{router.deployment}": router.num_queued}))
+            home = self.routers.get((router.app, router.deployment), router)  # lanes' queues included
+            asyncio.ensure_future(self._send_queued(
+                {f"{router.app}#{router.deployment}": home.num_queued_with_followers}))
 
     async def _send_queued(self, counts: Dict[str, int]) -> None:
         try:
@@ -187,7 +203,7 @@ class Runtime:
         reported: Dict[str, int] = {}
         while not self.closed:
             await asyncio.sleep(PUSH_PERIOD_S)
-            counts = {f"{a}#{d}": r.num_queued for (a, d), r in self.routers.items() if not r.local}
+            counts = {f"{a}#{d}": r.num_queued_with_followers for (a, d), r in self.routers.items() if not r.local}
             changed = {k: v for k, v in counts.items() if v or reported.get(k)}
             if changed:
                 await self._send_queued(changed)
@@ -236,6 +252,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.closed = True
+        self._lanes.close()
         for task in (self._listener, self._reporter):
             if task is not None:
                 task.cancel()

@@ -20,7 +20,7 @@ LAYERS: List[List[str]] = [
      "dserve.uvicorn_server", "dserve.http_protocol", "dserve.timers", "dserve.grpc_util", "dserve.auth", "dserve.metrics", "dserve.logs",
      "dserve.status_schema", "dserve.status_view", "dserve.validation", "dserve.autoscaling_policy", "dserve.gang"],
     ["dserve.routing", "dserve.runtime"],
-    ["dserve.handle", "dserve.deployment", "dserve.ingress", "dserve.batching", "dserve.multiplex", "dserve.build",
+    ["dserve.handle", "dserve.responses", "dserve.deployment", "dserve.ingress", "dserve.batching", "dserve.multiplex", "dserve.build",
      "dserve.dask_map"],
     ["dserve.actors"],
     ["dserve.proxy"],

@@ -7,6 +7,7 @@ import sys
 
 import httpx
 import pytest
+from distributed import Client
 import yaml
 
 from conftest import free_port, wait_for
@@ -103,6 +104,16 @@ def test_start_deploy_status_config_stop(tmp_path, env):
         wait_for(running, timeout=90, interval=0.5, what="both applications RUNNING")
         assert httpx.get(f"http://127.0.0.1:{http_port}/a").json()["text"] == "hello!"
         assert httpx.get(f"http://127.0.0.1:{http_port}/b").json()["text"] == "hey"
+        # isolated placement: the proxy has a one-thread worker of its own, and no replica is there
+        with open(os.path.join(env["DSERVE_HOME"], "cluster.json")) as f:
+            address = json.load(f)["address"]
+        with Client(address, timeout=10) as client:
+            workers = client.scheduler_info()["workers"]
+            proxy_workers = [a for a, w in workers.items() if w.get("resources") == {"proxy": 1}]
+            assert len(proxy_workers) == 1 and workers[proxy_workers[0]]["nthreads"] == 1
+            assert len(workers) == 3
+            actors = client.run(lambda dask_worker: sorted(dask_worker.state.actors), workers=proxy_workers)
+            assert actors == {proxy_workers[0]: []}
         configs = list(yaml.safe_load_all(dserve("config", env=env).stdout))
         assert {c["name"] for c in configs} == {"a", "b"}
 

@@ -28,7 +28,8 @@ __all__ = ["start", "stop"]
 @click.option("--rest-port", default=DEFAULT_REST_PORT, type=int, show_default=True, help="REST admin API port (launched clusters).")
 @click.option("--rest-host", default=DEFAULT_HOST, show_default=True,
               help="Address the REST admin API binds (launched clusters); it requires the auth token.")
-@click.option("--n-workers", default=2, type=int, show_default=True, help="Workers of a launched cluster.")
+@click.option("--n-workers", default=2, type=int, show_default=True,
+              help="Replica workers of a launched cluster (isolated placement adds one proxy worker).")
 @click.option("--nthreads", default=4, type=int, show_default=True, help="Threads (CPU slots) per launched worker.")
 def start(address: Optional[str], http_host: str, http_port: int, proxy_location: str, grpc_port: int,
           grpc_servicer_functions: tuple, rest_port: int, rest_host: str, n_workers: int, nthreads: int) -> None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, AsyncIterator, List, Optional, Tuple
 
 from ..config import DISCONNECT_WATCH_AFTER_S
 from ..timers import FixedDelayTimers
 from ..context import RequestContext, new_request_id
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import Receive, RouteTable, Scope, Send
+from ..routing.started_call import open_stream
+from ..routing.transport import Undelivered
 from ..wire import HTTP_METHOD
 from .websocket import forward_websocket
 
@@ -208,13 +210,26 @@ class HTTPProxy:
     async def _relay(self, scope: Scope, body: bytes, send: Send, route: Tuple[str, str, str],
                      ctx: RequestContext, rid_header: tuple, state: dict) -> None:
         router = self.runtime.router(route[1], route[2])
-        stream = router.stream(HTTP_METHOD, (self.forwarded_scope(scope, route), body), {}, ctx, copy=False)
+        request = (self.forwarded_scope(scope, route), body)
+        stream = open_stream(router, HTTP_METHOD, request, ctx)  # no task when a replica is free
+        if stream is None:
+            stream = router.stream(HTTP_METHOD, request, {}, ctx, copy=False)
         try:
-            async for batch in stream:
-                for message in batch:
-                    if message["type"] == "http.response.start":
-                        message["headers"] = [*message.get("headers", ()), rid_header]
-                        state["started"] = True
-                    await send(message)
+            try:
+                await _send_batches(stream, send, rid_header, state)
+            except Undelivered:  # a started stream whose replica was gone: the router picks another
+                await stream.aclose()
+                stream = router.stream(HTTP_METHOD, request, {}, ctx, copy=False)
+                await _send_batches(stream, send, rid_header, state)
         finally:
             await stream.aclose()
+
+
+async def _send_batches(stream: AsyncIterator[list], send: Send, rid_header: tuple, state: dict) -> None:
+    """Send the replica's ASGI messages on, adding the request id to the response's headers."""
+    async for batch in stream:
+        for message in batch:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), rid_header]
+                state["started"] = True
+            await send(message)

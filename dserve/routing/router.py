@@ -18,19 +18,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Deque, List, Optional, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, List, Optional, Tuple
 
 from distributed.comm import get_address_host
 
 from ..context import RequestContext
+from ..event_loop import post
 from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import ReplicaSetSnapshot, Scope
 from .router_metrics import track_router
+from .started_call import CallFuture, Started
 from .transport import Undelivered
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 __all__ = ["Router", "ReplicaSlot"]
 
@@ -55,17 +55,23 @@ def _host(address: str) -> Optional[str]:
 
 
 class _Waiter:
+    """A caller of ``assign`` waiting for a slot (a started call waits as itself: ``Started``)."""
+
     __slots__ = ("future", "model_id")
 
     def __init__(self, future: asyncio.Future, model_id: str) -> None:
         self.future = future
         self.model_id = model_id
 
+    def take(self, slot: ReplicaSlot) -> None:
+        self.future.set_result(slot)
+
 
 class Router:
     """Routes calls for one deployment from this process to its replicas."""
 
-    def __init__(self, runtime: "Runtime", app: str, deployment: str) -> None:
+    def __init__(self, runtime: Any, app: str, deployment: str, *, track: bool = True) -> None:
+        """``runtime``: the process's ``Runtime``, or a ``Lane`` (routers of one caller loop)."""
         self.runtime = runtime
         self.app = app
         self.deployment = deployment
@@ -78,10 +84,28 @@ class Router:
         self.has_local = False  # some replica is on this process's host
         self._ready = asyncio.Event()
         self.num_requests = 0  # routed so far (metrics)
-        track_router(self)
+        self.snapshot: Optional[ReplicaSetSnapshot] = None  # the last replica set
+        self.followers: "weakref.WeakSet[Router]" = weakref.WeakSet()  # lanes' routers (``routing.lane``)
+        if track:
+            track_router(self)
 
     # ---- replica set updates (from the controller's long poll) ----
+    def follow(self, router: "Router") -> None:
+        """Copy this router's replica sets to ``router``, a lane's (home loop thread)."""
+        self.followers.add(router)
+        if self.snapshot is not None:
+            self._tell(router, self.snapshot)
+
+    def _tell(self, follower: "Router", snapshot: ReplicaSetSnapshot) -> None:
+        try:
+            post(follower.runtime.loop, follower.update, snapshot)
+        except RuntimeError:  # the follower's loop is closed
+            self.followers.discard(follower)
+
     def update(self, snapshot: ReplicaSetSnapshot) -> None:
+        self.snapshot = snapshot
+        for follower in list(self.followers):
+            self._tell(follower, snapshot)
         self.version = snapshot["version"]
         self.exists = snapshot.get("exists", True)
         self.max_queued = snapshot.get("max_queued", -1)
@@ -142,7 +166,7 @@ class Router:
                 return
             self.waiters.popleft()
             slot.in_flight += 1
-            waiter.future.set_result(slot)
+            waiter.take(slot)
 
     async def assign(self, model_id: str = "") -> ReplicaSlot:
         """Reserve a slot on a replica, waiting in the queue if all are busy."""
@@ -191,6 +215,10 @@ class Router:
     def num_queued(self) -> int:
         return len(self.waiters)
 
+    @property
+    def num_queued_with_followers(self) -> int:
+        return len(self.waiters) + sum(len(f.waiters) for f in list(self.followers))
+
     # ---- calls ----
     async def _on_replica(self, model_id: str, use: Callable[[ReplicaSlot, Any], Awaitable[Any]],
                           hold: bool) -> Tuple[ReplicaSlot, Any]:
@@ -224,6 +252,28 @@ class Router:
             hold=False,
         )
         return result
+
+    def start_call(self, method: str, args: tuple, kwargs: dict, ctx: RequestContext) -> Optional[CallFuture]:
+        """Start a unary call with no task (``routing.started_call``): sent at once when a
+        replica is free, else queued and sent the moment one frees. None until the router
+        knows its replicas (use ``call``). On this router's loop."""
+        if not self.exists or not self._ready.is_set():
+            return None
+        future = CallFuture()
+        call = future.call = Started(self, future, (method, args, kwargs, ctx), ctx.multiplexed_model_id)
+        if not self.waiters:
+            slot = self._pick(call.model_id)
+            if slot is not None:
+                slot.in_flight += 1
+                call.take(slot)
+                return future
+        if self.max_queued != -1 and len(self.waiters) >= self.max_queued:
+            future.set_exception(BackPressureError(num_queued_requests=len(self.waiters),
+                                                   max_queued_requests=self.max_queued))
+            return future
+        self.waiters.append(call)
+        self.runtime.report_queued(self)
+        return future
 
     async def stream(
         self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True

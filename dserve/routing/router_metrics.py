@@ -55,7 +55,8 @@ class _RouterCollector:
         for router in list(_routers):
             ids = [router.deployment, router.app, f"{router.app}#{router.deployment}",
                    router.runtime.local_address or f"driver-{os.getpid()}"]
-            requests.add_metric(ids, float(router.num_requests))
-            queued.add_metric(ids, float(router.num_queued))
-            ongoing.add_metric(ids, float(sum(slot.in_flight for slot in router.slots)))
+            routers = [router, *list(router.followers)]  # lanes' routers count as the home router's
+            requests.add_metric(ids, float(sum(r.num_requests for r in routers)))
+            queued.add_metric(ids, float(sum(r.num_queued for r in routers)))
+            ongoing.add_metric(ids, float(sum(slot.in_flight for r in routers for slot in r.slots)))
         yield from (requests, queued, ongoing)

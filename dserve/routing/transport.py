@@ -33,7 +33,7 @@ from ..wire import (
 )
 from .link import Link, open_link
 
-__all__ = ["Undelivered", "MuxConnection", "InProcessChannel"]
+__all__ = ["Undelivered", "MuxConnection", "InProcessChannel", "StartedCall", "ItemReader"]
 
 logger = logging.getLogger("dserve.transport")
 
@@ -104,13 +104,16 @@ class MuxConnection:
             target = pending.get(msg[ID])
             if target is None:
                 continue
-            if type(target) is Inbox:
+            kind = type(target)
+            if kind is Inbox:
                 if ITEM not in msg or DONE in msg:  # the stream's last message
                     del pending[msg[ID]]
                 target.put_nowait(msg)
             else:
                 del pending[msg[ID]]
-                if not target.done():
+                if kind is not asyncio.Future:  # a started call (``start_call``)
+                    target.deliver(msg)
+                elif not target.done():
                     target.set_result(msg)
 
     def _on_lost(self, exc: Optional[BaseException]) -> None:
@@ -121,8 +124,11 @@ class MuxConnection:
             f"lost the connection to replica worker {self.address} while requests were in flight{reason}")
         pending, self._pending = self._pending, {}
         for target in pending.values():
-            if type(target) is Inbox:
+            kind = type(target)
+            if kind is Inbox:
                 target.put_nowait(_Lost(error))
+            elif kind is not asyncio.Future:
+                target.lost(error)
             elif not target.done():
                 target.set_exception(error)
 
@@ -132,6 +138,20 @@ class MuxConnection:
             link = await self._ensure()
         i = msg[ID] = next(self._ids)
         self._pending[i] = target
+        link.send(msg)
+        return i
+
+    def start_call(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext,
+                   reply: "StartedCall") -> Optional[int]:
+        """Send a unary call now, without a task, when the link is up; ``reply.deliver(msg)``
+        gets its answer (``reply.lost(error)`` if the link drops). None: the link is not up
+        (use ``call``)."""
+        link = self._link
+        if link is None or link.closed:
+            return None
+        i = next(self._ids)
+        msg = {ID: i, KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx}
+        self._pending[i] = reply
         link.send(msg)
         return i
 
@@ -172,34 +192,20 @@ class MuxConnection:
         i = await self._send({KEY: key, METHOD: "", PAYLOAD: dumps(scope), CONTEXT: ctx, KIND: WEBSOCKET}, inbox)
         return self._items(i, inbox, None, ctx.get("rid", "")), lambda event: self._push(i, event)
 
-    async def _items(self, i: int, inbox: Inbox, msg: Any, request_id: str) -> AsyncIterator[Any]:
-        finished = False
-        consumed = 0  # items taken since credit was last returned
-        try:
-            while True:
-                if msg is None:
-                    msg = await inbox.get()
-                if type(msg) is _Lost:
-                    finished = True
-                    raise msg.error
-                if ITEM in msg:
-                    yield loads(msg[ITEM])
-                    if DONE not in msg:
-                        msg = None
-                        consumed += 1
-                        if consumed >= STREAM_WINDOW // 2 and self._link is not None:
-                            self._link.send({ID: i, CREDIT: consumed})
-                            consumed = 0
-                        continue
-                finished = True
-                if DONE in msg:
-                    return
-                if ERROR in msg:
-                    raise unpack_exception(msg[ERROR])
-                raise RequestCancelledError(request_id)  # GONE after it started: the replica stopped
-        finally:
-            if not finished:
-                self.cancel(i)
+    def _items(self, i: int, inbox: Inbox, msg: Any, request_id: str) -> "ItemReader":
+        return ItemReader(self, i, inbox, msg, request_id)
+
+    def start_stream(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext) -> Optional["ItemReader"]:
+        """Open a streaming call now, without a task, when the link is up: its items, whose
+        first read may raise ``Undelivered`` (the replica was not there). None: the link is
+        not up (use ``stream``)."""
+        link = self._link
+        if link is None or link.closed:
+            return None
+        i = next(self._ids)
+        inbox = self._pending[i] = Inbox()
+        link.send({ID: i, KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx, KIND: STREAM})
+        return ItemReader(self, i, inbox, None, ctx.get("rid", ""), check_gone=True)
 
     def _push(self, i: int, event: dict) -> None:
         if self._link is not None:
@@ -217,6 +223,81 @@ class MuxConnection:
             self._link.abort()
 
 
+class ItemReader:
+    """The items of one stream (or WebSocket session) as they arrive, returning credit as
+    they are read; closing it early cancels the call at the replica. A plain async
+    iterator (not a generator): no per-stream generator hooks, and ``aclose`` is cheap."""
+
+    __slots__ = ("conn", "id", "inbox", "msg", "request_id", "consumed", "finished", "check_gone", "undelivered",
+                 "on_close")
+
+    def __init__(self, conn: MuxConnection, i: int, inbox: Inbox, first: Any, request_id: str,
+                 check_gone: bool = False) -> None:
+        self.conn, self.id, self.inbox, self.msg, self.request_id = conn, i, inbox, first, request_id
+        self.consumed = 0  # items taken since credit was last returned
+        self.finished = False
+        self.check_gone = check_gone  # opened by ``start_stream``: its first message may say GONE
+        self.undelivered = False  # it did: the replica was not there
+        self.on_close: Optional[Callable[[], None]] = None
+
+    def __aiter__(self) -> "ItemReader":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.finished:
+            raise StopAsyncIteration
+        msg = self.msg
+        if msg is None:
+            msg = await self.inbox.get()
+        else:
+            self.msg = None
+        if type(msg) is _Lost:
+            self.finished = True
+            raise msg.error
+        if ITEM in msg:
+            self.check_gone = False
+            if DONE in msg:
+                self.finished = True
+            else:
+                self.consumed += 1
+                if self.consumed >= STREAM_WINDOW // 2 and self.conn._link is not None:
+                    self.conn._link.send({ID: self.id, CREDIT: self.consumed})
+                    self.consumed = 0
+            return loads(msg[ITEM])
+        self.finished = True
+        if DONE in msg:
+            raise StopAsyncIteration
+        if ERROR in msg:
+            raise unpack_exception(msg[ERROR])
+        if self.check_gone:
+            self.undelivered = True
+            raise Undelivered(msg[GONE])
+        raise RequestCancelledError(self.request_id)  # GONE after it started: the replica stopped
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.conn.cancel(self.id)
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+
+class StartedCall:
+    """What ``MuxConnection.start_call`` tells about a call's answer (see ``Router.start_call``)."""
+
+    __slots__ = ()
+
+    def deliver(self, msg: WireMessage) -> None:
+        raise NotImplementedError
+
+    def lost(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+
 class InProcessChannel:
     """The same operations as ``MuxConnection`` on a replica in this very process.
 
@@ -230,6 +311,20 @@ class InProcessChannel:
     def __init__(self, replica: Any) -> None:
         self.replica = replica
         self.closed = False
+
+    def start_call(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext,
+                   reply: "StartedCall") -> Optional[int]:
+        """Send a unary call now, without a task, when the link is up; ``reply.deliver(msg)``
+        gets its answer (``reply.lost(error)`` if the link drops). None: the link is not up
+        (use ``call``)."""
+        link = self._link
+        if link is None or link.closed:
+            return None
+        i = next(self._ids)
+        msg = {ID: i, KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx}
+        self._pending[i] = reply
+        link.send(msg)
+        return i
 
     async def call(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext, copy: bool) -> Any:
         if copy:
