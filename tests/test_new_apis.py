@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import dserve as serve  # noqa: E402
 from conftest import wait_for  # noqa: E402
 from dserve.config import (  # noqa: E402
-    AutoscalingConfig, AutoscalingContext, AutoscalingPolicy, GangPlacementStrategy, GangRuntimeFailurePolicy,
-    GangSchedulingConfig, TimeStampedValue,
+    AutoscalingConfig, AutoscalingContext, AutoscalingPolicy, DeploymentID, GangPlacementStrategy,
+    GangRuntimeFailurePolicy, GangSchedulingConfig, TimeStampedValue,
 )
 from dserve.schema import ReplicaRank  # noqa: E402
 
@@ -67,6 +67,17 @@ def test_dict_form_function_policy_by_import_path(policies, clean):
     info = autoscaling_info("halves", "halves")
     assert (info["target_replicas"], info["last_decision"]) == (3, "custom policy chose 3 (was 1)")
     assert h.remote().result(timeout_s=30) == "ok"
+
+
+def test_the_older_name_key_names_the_policy_function(policies, clean):
+    assert AutoscalingPolicy(name="m:f").policy_function == "m:f"
+    with pytest.raises(ValueError, match="must be an import path 'module:attribute'"):
+        AutoscalingPolicy(name="nodots")
+    app = serve.deployment(lambda: "ok", name="named", autoscaling_config={
+        "min_replicas": 1, "max_replicas": 5, "policy": {"name": "new_api_policies:two_and_a_half"}})
+    serve.run(app.bind(), name="named")
+    wait_for(lambda: running("named", "named") == 3, timeout=30, what="ceil(2.5) = 3 replicas")
+    assert autoscaling_info("named", "named")["last_decision"] == "custom policy chose 3 (was 1)"
 
 
 def test_class_based_policy_with_kwargs_is_built_once(policies, clean):
@@ -127,7 +138,7 @@ def test_policy_scales_on_a_custom_metric(policies, clean, cls, backlog, replica
     assert set(ctx.raw_metrics["backlog"]) <= set(ctx.running_replicas)
     samples = [s for series in ctx.raw_metrics["backlog"].values() for s in series]
     assert samples and all(isinstance(s, TimeStampedValue) and s.value == backlog for s in samples)
-    assert ctx.deployment_id == f"{name}#{name}"
+    assert ctx.deployment_id == DeploymentID(name=name, app_name=name)
     assert autoscaling_info(name, name)["target_replicas"] == replicas
     assert dep_status(name, name).message == ""
 
