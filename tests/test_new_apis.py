@@ -223,6 +223,50 @@ def test_ranks_are_0_to_n_minus_1_and_a_replacement_reuses_the_freed_rank(clean,
         {rid: r.rank for rid, (r, _) in first.items() if rid != victim}
 
 
+@serve.deployment(num_replicas=2, user_config={"tag": "v1"})
+class RankSubscriber:
+    def __init__(self):
+        self.seen = []
+
+    async def reconfigure(self, user_config, rank: ReplicaRank):
+        self.seen.append((user_config["tag"], rank.rank))
+
+    def __call__(self):
+        return self.seen
+
+
+@serve.deployment
+class RankOnly:
+    def __init__(self):
+        self.seen = []
+
+    def reconfigure(self, user_config, rank):
+        self.seen.append([user_config, rank.rank, isinstance(rank, ReplicaRank)])
+
+    def __call__(self):
+        return self.seen
+
+
+def test_reconfigure_with_a_rank_parameter_is_given_the_replica_rank(clean):
+    import httpx
+
+    from conftest import proxy_url
+
+    serve.run(RankSubscriber.bind(), name="subscriber", route_prefix="/subscriber")
+    serve.run(RankOnly.bind(), name="rank_only", route_prefix="/rank_only")
+    url = proxy_url()
+    seen = set()
+
+    def both_replicas():
+        seen.add(tuple(tuple(x) for x in httpx.get(f"{url}/subscriber", timeout=10).json()))
+        return len(seen) == 2
+
+    wait_for(both_replicas, timeout=30, what="answers from both replicas")
+    assert seen == {(("v1", 0),), (("v1", 1),)}
+    # without a user_config, a reconfigure that takes ``rank`` still runs once, at start
+    assert httpx.get(f"{url}/rank_only", timeout=10).json() == [[None, 0, True]]
+
+
 def test_replica_context_rank_defaults_outside_a_deployment():
     assert ReplicaRank() == ReplicaRank(rank=0, node_rank=0, local_rank=0)
 
