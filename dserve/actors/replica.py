@@ -209,13 +209,9 @@ class ReplicaActor:
                     f"user_config was given but deployment {self.deployment!r} has no reconfigure() method"
                 )
             return
-        # a ``rank`` parameter subscribes to the replica's rank (passed by name, as Ray does)
-        call = functools.partial(method, user_config, rank=self.context.rank) if _takes_rank(self.servable) else \
-            functools.partial(method, user_config)
-        if inspect.iscoroutinefunction(method):
-            await call()
-        else:
-            await self._run_sync(call)
+        kwargs = {"rank": self.context.rank} if _takes_rank(self.servable) else {}  # passed by name, as Ray
+        call = functools.partial(method, user_config, **kwargs)
+        await (call() if inspect.iscoroutinefunction(method) else self._run_sync(call))
 
     async def reconfigure(self, user_config: Any) -> None:
         """Apply a new user_config in place (no restart)."""
