@@ -6,7 +6,8 @@ the scheduler) and ``policy_kwargs`` (JSON-serializable; a class named by
 ``policy_function`` is instantiated once with them and called on every tick).
 ``AutoscalingContext`` is what the policy reads; ``TimeStampedValue`` is one
 sample of a custom metric (``record_autoscaling_stats``) in ``raw_metrics``.
-``dserve.config`` re-exports all three, where Ray users import them from.
+``DeploymentID`` names a deployment with its application (``AutoscalingContext.deployment_id``).
+``dserve.config`` re-exports them, where Ray users import them from.
 """
 from __future__ import annotations
 
@@ -17,13 +18,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-__all__ = ["AutoscalingContext", "AutoscalingPolicy", "TimeStampedValue", "BUILT_IN", "DEFAULT_POLICY", "import_path", "import_policy", "resolve_policy"]
+__all__ = ["AutoscalingContext", "AutoscalingPolicy", "DeploymentID", "TimeStampedValue", "BUILT_IN", "DEFAULT_POLICY", "import_path", "import_policy", "resolve_policy"]
 
 # Ray's default ``policy_function``; it and Ray's other name for it mean dserve's built-in policy
 DEFAULT_POLICY = "ray.serve.autoscaling_policy:default_autoscaling_policy"
 BUILT_IN = {DEFAULT_POLICY, "ray.serve.autoscaling_policy:replica_queue_length_autoscaling_policy"}
+
+
+@dataclass(frozen=True)
+class DeploymentID:
+    """A deployment and the application it belongs to (Ray Serve's ``DeploymentID``):
+    hashable, so policies can key their decisions by it."""
+
+    name: str
+    app_name: str = "default"
 
 
 class TimeStampedValue(NamedTuple):
@@ -41,6 +51,15 @@ class AutoscalingPolicy(BaseModel):
 
     policy_function: Union[str, Callable[..., Any]] = DEFAULT_POLICY
     policy_kwargs: Dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_key(cls, data: Any) -> Any:
+        """Ray's earlier docs name the policy ``name``: read it as ``policy_function``
+        (Ray 2.60 ignores it and runs its default policy, which is not what such code means)."""
+        if isinstance(data, dict) and "name" in data and "policy_function" not in data:
+            data = {("policy_function" if k == "name" else k): v for k, v in data.items()}
+        return data
 
     @field_validator("policy_function")
     @classmethod
@@ -124,6 +143,6 @@ class AutoscalingContext:
     aggregated_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @property
-    def deployment_id(self) -> str:
-        """``app#deployment`` (dserve's deployment key; Ray's is a ``DeploymentID``)."""
-        return f"{self.app_name}#{self.deployment_name}"
+    def deployment_id(self) -> DeploymentID:
+        """This deployment's ``DeploymentID`` (``name``, ``app_name``)."""
+        return DeploymentID(self.deployment_name, self.app_name)

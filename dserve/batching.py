@@ -73,7 +73,10 @@ class _BatchMetrics:
                                "How long each batch took to run (ms).", _BATCH_LABELS)
 
 
-_END = object()
+class _END:
+    """Ends one caller's stream. A class, not an ``object()``: a wrapper whose deployment is
+    pickled by value (defined in ``__main__``) carries copies of the plain objects it
+    names, which would no longer be this sentinel; a class travels by reference."""
 
 
 class _BatchQueue:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
-from .autoscaling_policy import AutoscalingContext, AutoscalingPolicy, TimeStampedValue  # noqa: F401 - Ray's home
+from .autoscaling_policy import AutoscalingContext, AutoscalingPolicy, DeploymentID, TimeStampedValue  # noqa: F401 - Ray's home
 from .gang import GangPlacementStrategy, GangRuntimeFailurePolicy, GangSchedulingConfig  # noqa: F401 - ditto
 from .validation import (  # noqa: F401 - re-exported: the rules live in validation
     MAX_NAME_LENGTH, MAX_REPLICAS_PER_DEPLOYMENT, validate_name, validate_num_replicas, validate_route_prefix,

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 from typing import Any, Dict, Optional, Tuple, Union
 
+from .chained import has_responses, resolve_responses
 from .config import REPR_STATUS_TIMEOUT_S, STREAM_WINDOW
 from .context import RequestContext, get_request_context, new_request_id
 from .event_loop import in_loop_thread, submit
@@ -164,16 +165,12 @@ class DeploymentHandle:
 
 
 def _has_responses(args: tuple, kwargs: dict) -> bool:
-    return any(isinstance(a, DeploymentResponse) for a in args) or any(
-        isinstance(v, DeploymentResponse) for v in kwargs.values()
-    )
+    return has_responses(args, kwargs, DeploymentResponse)
 
 
 async def _resolve_responses(args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
     """Replace DeploymentResponse arguments by their results (chained calls)."""
-    args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
-    kwargs = {k: (await v if isinstance(v, DeploymentResponse) else v) for k, v in kwargs.items()}
-    return args, kwargs
+    return await resolve_responses(args, kwargs, DeploymentResponse)
 
 
 def _status_tree() -> Tuple[Optional[Dict[str, Any]], str]:

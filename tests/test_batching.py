@@ -220,3 +220,38 @@ def test_a_batched_generator_ends_one_callers_stream_with_stop_iteration():
         return await asyncio.gather(collect(1), collect(3))
 
     assert run(main()) == [[0], [0, 1, 2]]
+
+
+def test_a_batched_generator_streams_over_http_from_a_class_pickled_by_value(clean):
+    # The class is local to this test, so it ships by value, batching wrapper included: the
+    # end-of-stream marker must still be recognised in the replica (it used to reach the
+    # response body, and the stream broke after the first caller's last element).
+    import concurrent.futures
+
+    import httpx
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+
+    from conftest import proxy_url
+
+    @serve.deployment
+    class Counter:
+        @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.2)
+        async def numbers(self, limits):
+            for step in range(max(limits)):
+                yield [str(step) if step < limit else StopIteration for limit in limits]
+
+        async def __call__(self, request: Request):
+            limit = int(request.query_params["n"])
+            return StreamingResponse(self.numbers(limit), media_type="text/plain")
+
+    serve.run(Counter.bind(), name="batched_stream", route_prefix="/batched_stream")
+    url = f"{proxy_url()}/batched_stream"
+
+    def fetch(n):
+        r = httpx.get(url, params={"n": n}, timeout=30)
+        return r.status_code, r.text
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(fetch, [1, 3, 4]))
+    assert results == [(200, "0"), (200, "012"), (200, "0123")]

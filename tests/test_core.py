@@ -61,6 +61,32 @@ def test_composition_and_chained_responses(clean):
     assert h.remote(1).result() == 12
 
 
+@serve.deployment
+class Unwrapper:
+    async def __call__(self, listed, keyed):
+        # responses nested in arguments arrive as awaitables, as Ray's object references do
+        return [await listed[0], listed[1], await keyed["k"]]
+
+
+@serve.deployment
+class NestedIngress:
+    def __init__(self, doubler, unwrapper):
+        self.doubler = doubler
+        self.unwrapper = unwrapper
+
+    async def __call__(self, request):
+        return await self.unwrapper.remote([self.doubler.remote(5), "plain"], keyed={"k": self.doubler.remote(1)})
+
+
+def test_responses_nested_in_arguments_are_awaited_by_the_receiver(clean):
+    import httpx
+
+    from conftest import proxy_url
+
+    serve.run(NestedIngress.bind(double.bind(), Unwrapper.bind()), name="nested", route_prefix="/nested")
+    assert httpx.get(f"{proxy_url()}/nested", timeout=30).json() == [10, "plain", 2]
+
+
 def test_methods_and_user_exceptions_keep_type_and_traceback(clean):
     h = serve.run(Counter.bind())
     with pytest.raises(MyError, match="boom from replica") as info:

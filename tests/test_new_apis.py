@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import dserve as serve  # noqa: E402
 from conftest import wait_for  # noqa: E402
 from dserve.config import (  # noqa: E402
-    AutoscalingConfig, AutoscalingContext, AutoscalingPolicy, GangPlacementStrategy, GangRuntimeFailurePolicy,
-    GangSchedulingConfig, TimeStampedValue,
+    AutoscalingConfig, AutoscalingContext, AutoscalingPolicy, DeploymentID, GangPlacementStrategy,
+    GangRuntimeFailurePolicy, GangSchedulingConfig, TimeStampedValue,
 )
 from dserve.schema import ReplicaRank  # noqa: E402
 
@@ -67,6 +67,17 @@ def test_dict_form_function_policy_by_import_path(policies, clean):
     info = autoscaling_info("halves", "halves")
     assert (info["target_replicas"], info["last_decision"]) == (3, "custom policy chose 3 (was 1)")
     assert h.remote().result(timeout_s=30) == "ok"
+
+
+def test_the_older_name_key_names_the_policy_function(policies, clean):
+    assert AutoscalingPolicy(name="m:f").policy_function == "m:f"
+    with pytest.raises(ValueError, match="must be an import path 'module:attribute'"):
+        AutoscalingPolicy(name="nodots")
+    app = serve.deployment(lambda: "ok", name="named", autoscaling_config={
+        "min_replicas": 1, "max_replicas": 5, "policy": {"name": "new_api_policies:two_and_a_half"}})
+    serve.run(app.bind(), name="named")
+    wait_for(lambda: running("named", "named") == 3, timeout=30, what="ceil(2.5) = 3 replicas")
+    assert autoscaling_info("named", "named")["last_decision"] == "custom policy chose 3 (was 1)"
 
 
 def test_class_based_policy_with_kwargs_is_built_once(policies, clean):
@@ -127,7 +138,7 @@ def test_policy_scales_on_a_custom_metric(policies, clean, cls, backlog, replica
     assert set(ctx.raw_metrics["backlog"]) <= set(ctx.running_replicas)
     samples = [s for series in ctx.raw_metrics["backlog"].values() for s in series]
     assert samples and all(isinstance(s, TimeStampedValue) and s.value == backlog for s in samples)
-    assert ctx.deployment_id == f"{name}#{name}"
+    assert ctx.deployment_id == DeploymentID(name=name, app_name=name)
     assert autoscaling_info(name, name)["target_replicas"] == replicas
     assert dep_status(name, name).message == ""
 
@@ -210,6 +221,50 @@ def test_ranks_are_0_to_n_minus_1_and_a_replacement_reuses_the_freed_rank(clean,
     assert after[new][0].rank == 1  # the lowest free rank: the one the replaced replica held
     assert {rid: r.rank for rid, (r, _) in after.items() if rid != new} == \
         {rid: r.rank for rid, (r, _) in first.items() if rid != victim}
+
+
+@serve.deployment(num_replicas=2, user_config={"tag": "v1"})
+class RankSubscriber:
+    def __init__(self):
+        self.seen = []
+
+    async def reconfigure(self, user_config, rank: ReplicaRank):
+        self.seen.append((user_config["tag"], rank.rank))
+
+    def __call__(self):
+        return self.seen
+
+
+@serve.deployment
+class RankOnly:
+    def __init__(self):
+        self.seen = []
+
+    def reconfigure(self, user_config, rank):
+        self.seen.append([user_config, rank.rank, isinstance(rank, ReplicaRank)])
+
+    def __call__(self):
+        return self.seen
+
+
+def test_reconfigure_with_a_rank_parameter_is_given_the_replica_rank(clean):
+    import httpx
+
+    from conftest import proxy_url
+
+    serve.run(RankSubscriber.bind(), name="subscriber", route_prefix="/subscriber")
+    serve.run(RankOnly.bind(), name="rank_only", route_prefix="/rank_only")
+    url = proxy_url()
+    seen = set()
+
+    def both_replicas():
+        seen.add(tuple(tuple(x) for x in httpx.get(f"{url}/subscriber", timeout=10).json()))
+        return len(seen) == 2
+
+    wait_for(both_replicas, timeout=30, what="answers from both replicas")
+    assert seen == {(("v1", 0),), (("v1", 1),)}
+    # without a user_config, a reconfigure that takes ``rank`` still runs once, at start
+    assert httpx.get(f"{url}/rank_only", timeout=10).json() == [[None, 0, True]]
 
 
 def test_replica_context_rank_defaults_outside_a_deployment():

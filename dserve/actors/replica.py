@@ -180,7 +180,7 @@ class ReplicaActor:
                 self.servable = target
             self.context.servable_object = self.servable
             self._asgi_app = prepare_asgi_app(self.servable)
-            if self.user_config is not None:
+            if self.user_config is not None or _takes_rank(self.servable):
                 await self._reconfigure(self.user_config)
         finally:
             _current_replica.reset(token)
@@ -209,10 +209,9 @@ class ReplicaActor:
                     f"user_config was given but deployment {self.deployment!r} has no reconfigure() method"
                 )
             return
-        if inspect.iscoroutinefunction(method):
-            await method(user_config)
-        else:
-            await self._run_sync(method, user_config)
+        kwargs = {"rank": self.context.rank} if _takes_rank(self.servable) else {}  # passed by name, as Ray
+        call = functools.partial(method, user_config, **kwargs)
+        await (call() if inspect.iscoroutinefunction(method) else self._run_sync(call))
 
     async def reconfigure(self, user_config: Any) -> None:
         """Apply a new user_config in place (no restart)."""
@@ -372,3 +371,13 @@ class ReplicaActor:
             raise
         finally:
             self._exit(ctx, started, failed)
+
+
+def _takes_rank(servable: Any) -> bool:
+    """Whether the user's ``reconfigure`` has a ``rank`` parameter (then it is called at start
+    even without a user_config, and given the replica's ``ReplicaRank``)."""
+    method = None if inspect.isfunction(servable) else getattr(servable, "reconfigure", None)
+    try:
+        return method is not None and "rank" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
