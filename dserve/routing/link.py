@@ -37,7 +37,6 @@ logger = logging.getLogger("dserve.transport")
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # msgpack's own limit for one bin object
 READ_BUFFER_BYTES = 256 * 1024  # one link's reusable receive buffer
-FLUSH_AT_MESSAGES = int(__import__("os").environ.get("DSERVE_FLUSH_AT", "16"))
 LONE_WRITE_AFTER_S = 0.0002  # a message sent this long after the last write leaves at once
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -102,11 +101,8 @@ class Link(asyncio.BufferedProtocol):
         """Queue one message; everything queued in this loop turn leaves in one write."""
         if self.closed:
             return
-        buffer = self._buffer
-        buffer.append(msg)
+        self._buffer.append(msg)
         if self._scheduled:
-            if len(buffer) >= FLUSH_AT_MESSAGES:
-                self._flush()  # the peer can start on these while this side makes the rest
             return
         if self._loop.time() - self._last_write > LONE_WRITE_AFTER_S:
             self._flush()  # a slow or quiet loop: no one to coalesce with, latency matters
