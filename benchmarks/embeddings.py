@@ -10,9 +10,10 @@
   ``serve`` module runs it, so Ray Serve runs the same code when installed.
 * **Physical limit**: the same ONNX session (same threads) called in a loop in this process
   with batches of 1, 8 and 32 texts: what the model alone does on this machine.
-* **Offline** (dserve only: it needs Dask collections): texts/s of ``dserve.map_partitions``
-  over a dask DataFrame of ``--embed-texts`` texts, through the same replica, against a plain
-  ``ddf.map_partitions(embed_locally)`` in which every task loads its own model.
+* **Offline**: texts/s of ``dserve.map_partitions`` over a dask DataFrame of ``--embed-texts``
+  texts, through the same replica, against a plain ``ddf.map_partitions(embed_locally)`` in
+  which every task loads its own model; on Ray, Ray Data's ``map_batches`` with one actor of
+  ``THREADS`` CPUs holding the model (the Serve application is deleted first: it holds the CPUs).
 """
 # No `from __future__ import annotations`: FastAPI must see the request model itself, not a name.
 import json
@@ -113,6 +114,8 @@ def scenario(sys_: Any, seconds: float, emit: Callable[..., None], texts: int = 
         _physical_limit(sys_.name, seconds, pool, emit)
         if texts > 0:  # `--embed-texts 0`: online only
             _offline(sys_, texts, emit)
+    elif sys_.name == "ray" and texts > 0:
+        _offline_ray_data(sys_, texts, emit)
 
 
 def _settle(url: str, pool: List[str]) -> None:
@@ -162,3 +165,30 @@ def _via_replicas(serve: Any, handle: Any, frame: Any) -> Any:
 
     return serve.map_partitions(handle.embed, frame["text"], batch_size=256,
                                 meta=pd.Series([], dtype=object, name="embedding"))
+
+
+class _RayDataEmbedder:
+    """Ray Data's callable class: the model loaded once per actor, a batch of texts per call."""
+
+    def __init__(self) -> None:
+        from examples.embeddings.model import EmbeddingModel
+
+        self.model = EmbeddingModel(num_threads=THREADS, batch_size=MAX_BATCH)
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        batch["embedding"] = list(self.model.embed(list(batch["text"])))  # in batches of MAX_BATCH
+        return batch
+
+
+def _offline_ray_data(sys_: Any, texts: int, emit: Callable[..., None]) -> None:
+    import ray
+
+    from examples.embeddings.offline import generate_texts
+
+    sys_.serve.delete("bench")  # the Embedder holds the CPUs the map actor needs
+    dataset = ray.data.from_items([{"text": t} for t in generate_texts(texts)])
+    start = time.monotonic()
+    done = dataset.map_batches(_RayDataEmbedder, batch_size=256, concurrency=1, num_cpus=THREADS).count()
+    elapsed = time.monotonic() - start
+    assert done == texts
+    emit(sys_.name, "embed_offline ray.data map_batches", texts=texts, seconds=elapsed, texts_per_s=texts / elapsed)
