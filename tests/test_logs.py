@@ -313,7 +313,10 @@ def test_ctrl_c_on_dserve_run_is_quiet_and_replica_output_is_attributed():
 
     try:
         wait_line("Deployed; serving until Ctrl-C.", 120)
-        answer = httpx.get(f"http://127.0.0.1:{port}/?tag=t1").json()
+        # once, under the full suite's load, the very first connection was dropped unanswered
+        # (not understood; see issue #18's notes): this test is about output, so it retries that
+        answer = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/?tag=t1").json(), timeout=30,
+                          what="the first answer from `dserve run`'s proxy")
         assert wait_line("printed t1", 10) == f"(ServeReplica:default:Printer pid={answer['pid']}) printed t1"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
