@@ -8,6 +8,7 @@ Dask's configured ``scheduler-address``, a current default
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
@@ -15,12 +16,13 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from typing import Any, Dict, Optional
 
 import dask
 from distributed.deploy.subprocess import SubprocessWorker
 
-from .config import EMBEDDED_MAX_WORKERS_PER_CPU, EMBEDDED_PROXY_THREADS, EMBEDDED_THREADS_PER_WORKER, PROXY_RESOURCE
+from .config import CONTROLLER_NAME, EMBEDDED_MAX_WORKERS_PER_CPU, EMBEDDED_PROXY_THREADS, EMBEDDED_THREADS_PER_WORKER, PROXY_RESOURCE
 
 __all__ = ["find_address", "find_security", "start_embedded_cluster", "close_embedded_cluster"]
 
@@ -220,7 +222,23 @@ def start_embedded_cluster(security: Any = None, proxies: bool = True) -> Any:
         time.sleep(0.02)
     logger.info("dserve started an embedded Dask cluster at %s", cluster.scheduler_address)
     cluster.dserve_env = tls_env
+    atexit.register(_quiesce_at_exit, weakref.ref(cluster))  # runs before Dask's own close_clusters
     return cluster
+
+
+def _quiesce_at_exit(ref: "weakref.ref[Any]") -> None:
+    """At exit without ``serve.shutdown()``, Dask closes the cluster by retiring its workers first,
+    while its scheduler still runs: the controller would replace their replicas and restart their
+    proxies into it (Dask logs "cannot schedule new futures after shutdown", dserve "could not reach
+    worker"). Tell the controller the cluster is closing before that."""
+    cluster = ref()
+    plugin = getattr(getattr(cluster, "scheduler", None), "plugins", {}).get(CONTROLLER_NAME)
+    if plugin is None or getattr(cluster.status, "name", "closed") not in ("running", "created"):
+        return
+    try:
+        cluster.sync(plugin.before_close, callback_timeout=5)
+    except Exception as exc:  # noqa: BLE001 - exiting anyway: Dask closes the cluster next
+        logger.debug("dserve: quiescing the controller at exit: %r", exc)
 
 
 def close_embedded_cluster(cluster: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import warnings
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
@@ -22,28 +23,16 @@ from .validation import (  # noqa: F401 - re-exported: the rules live in validat
 )
 
 __all__ = [
-    "AutoscalingConfig",
-    "DeploymentConfig",
-    "EncodingType",
-    "HTTPOptions",
-    "LoggingConfig",
-    "gRPCOptions",
-    "ProxyLocation",
-    "RayActorOptions",
-    "DEFAULT_MAX_ONGOING_REQUESTS",
-    "DEFAULT_HOST",
-    "DEFAULT_HTTP_PORT",
-    "DEFAULT_GRPC_PORT",
-    "DEFAULT_REST_PORT",
-    "validate_name",
-    "validate_num_replicas",
-    "validate_route_prefix",
-    "MAX_NAME_LENGTH",
-    "MAX_REPLICAS_PER_DEPLOYMENT",
+    "AutoscalingConfig", "DeploymentConfig", "EncodingType", "HTTPOptions", "LoggingConfig", "gRPCOptions",
+    "ProxyLocation", "RayActorOptions", "DEFAULT_MAX_ONGOING_REQUESTS", "DEFAULT_HOST", "DEFAULT_HTTP_PORT",
+    "DEFAULT_GRPC_PORT", "DEFAULT_REST_PORT",
+    "validate_name", "validate_num_replicas", "validate_route_prefix", "MAX_NAME_LENGTH", "MAX_REPLICAS_PER_DEPLOYMENT",
     "AutoscalingContext", "AutoscalingPolicy", "TimeStampedValue", "GangPlacementStrategy", "GangRuntimeFailurePolicy", "GangSchedulingConfig",
 ]
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
+# autoscaling_config keys Ray Serve once had (target_ongoing_requests replaced this one): Ray 2.60 ignores them
+REMOVED_AUTOSCALING_KEYS = frozenset({"target_num_ongoing_requests_per_replica"})
 
 # ---- every default dserve's processes use, in one place ----
 DEFAULT_HOST = "127.0.0.1"  # nothing listens beyond loopback unless asked
@@ -213,6 +202,15 @@ class AutoscalingConfig(_Strict):
     upscale_delay_s: NonNegativeFloat = 30.0
     aggregation_function: Literal["mean", "max", "min"] = "mean"
     policy: Optional[Union[AutoscalingPolicy, str, Callable[..., Any]]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:  # accepted and ignored, as Ray 2.60 does (target stays 2)
+        if isinstance(data, dict) and REMOVED_AUTOSCALING_KEYS & data.keys():
+            warnings.warn(f"autoscaling_config: {sorted(REMOVED_AUTOSCALING_KEYS & data.keys())} was removed from Ray "
+                          "Serve (use target_ongoing_requests) and is ignored, as in Ray", FutureWarning)
+            data = {k: v for k, v in data.items() if k not in REMOVED_AUTOSCALING_KEYS}
+        return data
 
     @field_validator("policy", mode="before")
     @classmethod

@@ -450,3 +450,31 @@ def test_a_config_deploy_stamps_every_application_in_it_changed_or_not(instance)
     assert _deployed_at("built") == third
     assert _sync(runtime, runtime.rpc("dserve_deploy_config", config={"applications": []})) == {"ok": True}
     wait_for(lambda: not serve.status().applications, timeout=60, what="every application deleted")
+
+
+# ---- an autoscaling key Ray Serve no longer has ------------------------------------------------------
+
+def test_the_old_per_replica_target_key_is_accepted_and_ignored_as_in_ray(instance):
+    # Ray 2.60's AutoscalingConfig drops keys it does not know, target_num_ongoing_requests_per_replica
+    # (the name target_ongoing_requests had before) among them: the deployment runs with the default
+    # target of 2, not the 10 asked for. dserve drops that one key too, saying so in a FutureWarning;
+    # any other unknown key is still an error.
+    legacy = {"min_replicas": 1, "max_replicas": 5, "target_num_ongoing_requests_per_replica": 10}
+    with pytest.warns(FutureWarning, match="target_num_ongoing_requests_per_replica") as caught:
+        scaled = Echo.options(autoscaling_config=legacy)
+    assert len(caught) == 1 and "target_ongoing_requests" in str(caught[0].message)
+    config = scaled.autoscaling_config
+    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (1, 5, 2.0)
+    assert "target_num_ongoing_requests_per_replica" not in config.model_dump()
+    assert legacy["target_num_ongoing_requests_per_replica"] == 10  # the caller's dict is left alone
+
+    handle = serve.run(scaled.bind(), name="legacy_key", route_prefix=None)
+    assert handle.remote(7).result(timeout_s=60) == "echo 7"
+    assert serve.status().applications["legacy_key"].deployments["Echo"].replica_states == {"RUNNING": 1}
+    serve.delete("legacy_key")
+
+    with pytest.raises(ValueError) as info:  # a misspelling is no old key
+        Echo.options(autoscaling_config={"min_replicas": 1, "target_ongoing_requests_per_replica": 10})
+    assert str(info.value).startswith("invalid options for deployment 'Echo': 1 validation error for DeploymentConfig\n"
+                                      "autoscaling_config.target_ongoing_requests_per_replica\n"
+                                      "  Extra inputs are not permitted")

@@ -181,8 +181,10 @@ class Controller(SchedulerPlugin):
             raise RayServeException(f"the dserve controller failed to start: {self._boot_error!r}")
 
     async def before_close(self) -> None:
-        """The scheduler is closing: stop reacting to workers leaving."""
+        """The scheduler (or the embedded cluster, at exit) is closing: stop reacting to workers
+        leaving and stop reconciling (no replica or proxy is started into a closing cluster)."""
         self._closing = True
+        await self.reconciler.stop()
 
     async def close(self) -> None:
         """Stop the REST API, the loop and its tasks, the client; unregister the handlers."""
