@@ -160,12 +160,14 @@ class ReplicaActor:
         self._call_takes_request: Optional[bool] = None
 
     # ---- lifecycle (controller -> Dask actor calls) ----
-    async def initialize(self) -> dict:
-        """Build the user object, apply user_config, start accepting requests.
+    async def initialize(self, code: Optional[bytes] = None, init: Optional[bytes] = None) -> dict:
+        """Build the user object (from ``code``/``init`` when given), apply user_config, serve.
 
         A failure is returned as ``{"error": traceback}`` rather than raised, so
         the controller can show the user's own traceback in the status.
         """
+        if code is not None:  # the controller sends the code here, not in Dask's task
+            self._code, self._init = code, init or b""
         try:
             await self._initialize()
         except BaseException as exc:  # noqa: BLE001 - reported to the controller

@@ -200,14 +200,17 @@ async def start_replica(dep: "DeploymentState", r: ReplicaRecord) -> None:
     error: Optional[str] = None
     info: Dict[str, Any] = {}
     try:
+        # the code goes with ``initialize`` (a direct call to the worker), not in the task: Dask
+        # keeps each stream's last 1000 batches (``distributed.admin.low-level-log-length``),
+        # and the graph and compute-task messages would hold a copy of it per replica started
         r.future = controller.client.submit(
-            ReplicaActor, dep.app, dep.name, r.replica_id, spec.code, spec.init, config,
+            ReplicaActor, dep.app, dep.name, r.replica_id, b"", b"", config,
             actor=True, key=r.key, workers=[r.worker], allow_other_workers=False, pure=False,
         )
         await r.future  # the actor exists on its worker
         with controller.client.as_current():  # bind the Actor to our client
             r.actor = Actor(ReplicaActor, r.worker, r.key)
-        info = await r.actor.initialize()
+        info = await r.actor.initialize(spec.code, spec.init)
         if info.get("error"):
             error = info["error"]
     except Exception as exc:  # noqa: BLE001 - the worker died, or the actor could not be created
