@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .context import _current_replica
 
 __all__ = ["Counter", "Gauge", "Histogram", "enabled", "namespace", "CounterTable", "GaugeTable",
-           "HistogramTable", "DEFAULT_LATENCY_BUCKETS_MS"]
+           "HistogramTable", "DEFAULT_LATENCY_BUCKETS_MS", "forget_replica", "existing_table"]
 
 # Ray Serve's default latency buckets (milliseconds)
 DEFAULT_LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 1000, 2000, 5000, 10000, 60000, 120000,
@@ -62,11 +62,20 @@ class _Table:
         self.labels = tuple(labels)
         self.values: Dict[tuple, float] = {}
 
+    def _positions(self, match: Dict[str, str]) -> Optional[List[Tuple[int, str]]]:
+        """Label positions and values of ``match``; ``None`` when the table lacks one of its labels
+        (then no series matches: forgetting never drops more than asked)."""
+        if not match or any(k not in self.labels for k in match):
+            return None
+        return [(self.labels.index(k), v) for k, v in match.items()]
+
     def forget(self, match: Dict[str, str]) -> None:
         """Drop every series whose labels include ``match`` (e.g. a deleted deployment)."""
-        positions = [(self.labels.index(k), v) for k, v in match.items() if k in self.labels]
-        for key in [k for k in self.values if all(k[i] == v for i, v in positions)]:
-            del self.values[key]
+        positions = self._positions(match)
+        if positions is None:
+            return
+        for key in [k for k in list(self.values) if all(k[i] == v for i, v in positions)]:
+            self.values.pop(key, None)
 
 
 class CounterTable(_Table):
@@ -117,9 +126,11 @@ class HistogramTable(_Table):
         series[-1] += value
 
     def forget(self, match: Dict[str, str]) -> None:
-        positions = [(self.labels.index(k), v) for k, v in match.items() if k in self.labels]
-        for key in [k for k in self.series if all(k[i] == v for i, v in positions)]:
-            del self.series[key]
+        positions = self._positions(match)
+        if positions is None:
+            return
+        for key in [k for k in list(self.series) if all(k[i] == v for i, v in positions)]:
+            self.series.pop(key, None)
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(_full_name(self.name), self.documentation, labels=self.labels)
@@ -166,6 +177,13 @@ def table(kind: str, name: str, documentation: str, labels: Sequence[str], **kwa
                 return existing
         cls = {"counter": CounterTable, "gauge": GaugeTable, "histogram": HistogramTable}[kind]
         return _collector.add(cls(name, documentation, labels, **kwargs))  # type: ignore[arg-type]
+
+
+def existing_table(name: str) -> Optional[_Table]:
+    """The process's table called ``name`` if one was made (never makes one)."""
+    with _lock:
+        tables = _collector.tables if _collector is not None else []
+        return next((t for t in tables if t.name == name), None)
 
 
 # ---------------------------------------------------------------- user metrics
@@ -223,6 +241,25 @@ class _Metric:
         replica = _current_replica.get()
         context = (replica.app_name, replica.deployment, replica.replica_id) if replica is not None else ("", "", "")
         return self._metric.labels(*(str(values[k]) for k in self._tag_keys), *context)  # type: ignore[attr-defined]
+
+
+def forget_replica(replica_id: str) -> int:
+    """Drop the user metrics' series of a replica that stopped (its ``replica`` label),
+    so a worker hosting many replicas over time keeps only the live ones'; returns how many."""
+    removed = 0
+    with _lock:
+        metrics = list(_user_metrics.values())
+    for metric in metrics:
+        position = len(metric._labelnames) - 1  # type: ignore[attr-defined]  # the replica tag is last
+        with metric._lock:  # type: ignore[attr-defined]
+            stale = [k for k in metric._metrics if k[position] == replica_id]  # type: ignore[attr-defined]
+        for labels in stale:
+            try:
+                metric.remove(*labels)  # type: ignore[attr-defined]
+                removed += 1
+            except KeyError:  # removed meanwhile
+                pass
+    return removed
 
 
 class Counter(_Metric):

@@ -233,18 +233,21 @@ class Runtime:
                            failures, exc)
                 await asyncio.sleep(min(0.1 * failures, 2.0))
                 continue
-            for key, snapshot in updates.items():
-                if key in self.watchers:
-                    callback = self.watchers[key][1]
-                    self.watchers[key] = (snapshot["version"], callback)
-                    callback(snapshot)
-                    continue
-                app, _, dep = key.partition("#")
-                router = self.routers.get((app, dep))
-                if router is not None:
-                    router.update(snapshot)
-                    if not router.exists:  # deleted: forget it (a later call makes a new one)
-                        del self.routers[(app, dep)]
+            self._apply(updates)  # no router in a local here: a deleted one must not live on while we poll
+
+    def _apply(self, updates: Dict[str, Any]) -> None:
+        for key, snapshot in updates.items():
+            if key in self.watchers:
+                callback = self.watchers[key][1]
+                self.watchers[key] = (snapshot["version"], callback)
+                callback(snapshot)
+                continue
+            app, _, dep = key.partition("#")
+            router = self.routers.get((app, dep))
+            if router is not None:
+                router.update(snapshot)
+                if not router.exists:  # deleted: forget it (a later call makes a new one)
+                    del self.routers[(app, dep)]
 
     def _closing(self) -> bool:
         """This runtime, or the worker it lives in, is shutting down."""

@@ -27,8 +27,16 @@ def healthy(port=None):
 
 
 def proxy_id(dask_worker):
+    """A token naming the worker's proxy object (not ``id()``: a stopped proxy is freed at once
+    and its replacement may be allocated at the same address)."""
+    import uuid
+
     proxy = dask_worker.plugins[PROXY_PLUGIN_NAME].proxy
-    return None if proxy is None else id(proxy)
+    if proxy is None:
+        return None
+    if not hasattr(proxy, "test_token"):
+        proxy.test_token = uuid.uuid4().hex
+    return proxy.test_token
 
 
 def on_workers(fn):

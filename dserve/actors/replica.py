@@ -37,7 +37,7 @@ from ..status_schema import ReplicaRank
 from .autoscaling_stats import StatsRecorder
 from .grpc_adapter import serve_grpc
 from .http_adapter import serve_http, serve_websocket
-from .replica_metrics import ReplicaMetrics
+from .replica_metrics import ReplicaMetrics, forget_metrics
 
 __all__ = ["ReplicaActor"]
 
@@ -98,6 +98,15 @@ def _resolve(servable: Any, name: str, deployment: str) -> Callable:
     raise UnknownMethodError(f"deployment {deployment!r} has no method {name!r}; its callable methods: {methods}")
 
 
+def _abandon(replica: "ReplicaActor") -> None:
+    """``initialize`` failed: the controller drops the replica without a shutdown call, so
+    release here what it holds in the process (its log ring stays readable, `dserve logs`)."""
+    close_sink(replica.replica_id)
+    forget_metrics(None, replica.replica_id)  # what its constructor recorded
+    if replica._pool is not None:
+        replica._pool.shutdown(wait=False)
+
+
 class UnknownMethodError(AttributeError):
     """A handle asked for a method the deployment does not have (the caller's mistake:
     raised at the caller, not logged as a failed request)."""
@@ -151,16 +160,18 @@ class ReplicaActor:
         self._call_takes_request: Optional[bool] = None
 
     # ---- lifecycle (controller -> Dask actor calls) ----
-    async def initialize(self) -> dict:
-        """Build the user object, apply user_config, start accepting requests.
+    async def initialize(self, code: Optional[bytes] = None, init: Optional[bytes] = None) -> dict:
+        """Build the user object (from ``code``/``init`` when given), apply user_config, serve.
 
         A failure is returned as ``{"error": traceback}`` rather than raised, so
         the controller can show the user's own traceback in the status.
         """
+        if code is not None:  # the controller sends the code here, not in Dask's task
+            self._code, self._init = code, init or b""
         try:
             await self._initialize()
         except BaseException as exc:  # noqa: BLE001 - reported to the controller
-            close_sink(self.replica_id)  # what it logged stays readable (`dserve logs`)
+            _abandon(self)
             return {"error": user_traceback(exc)}
         return self.info()
 
@@ -253,8 +264,7 @@ class ReplicaActor:
         self.accepting = False
         if self.stats is not None:
             self.stats.close()
-        if self.metrics is not None:
-            self.metrics.forget()
+        forget_metrics(self.metrics, self.replica_id)
         servable, self.servable = self.servable, None
         self.context.servable_object = None
         self._methods.clear()

@@ -6,7 +6,7 @@ Per request: ``serve_deployment_request_counter``, ``serve_deployment_error_coun
 application and route. Per replica: ``serve_deployment_replica_starts`` (counter),
 and at scrape time ``serve_replica_processing_queries`` (requests running now) and
 ``serve_deployment_replica_healthy`` (1 while it accepts requests). A replica's
-series are dropped when it shuts down.
+series, and its user metrics' (``dserve.metrics``), are dropped when it shuts down.
 
 ``totals`` sums the same requests over routes — ``[requests, errors, latency bucket
 counts..., over the last bucket]`` — for the load reports its worker sends the
@@ -22,9 +22,9 @@ from typing import Any, Iterable, Iterator, List, Optional
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 
-from ..metrics import enabled, namespace, table
+from ..metrics import enabled, forget_replica, namespace, table
 
-__all__ = ["ReplicaMetrics"]
+__all__ = ["ReplicaMetrics", "forget_metrics"]
 
 _LABELS = ("deployment", "replica", "application", "route")
 
@@ -72,6 +72,14 @@ class ReplicaMetrics:
         match = {"replica": self.ids[1]}
         for t in (self.requests, self.errors, self.latency, self.starts):
             t.forget(match)
+
+
+def forget_metrics(metrics: Optional[ReplicaMetrics], replica_id: str) -> None:
+    """A replica stopped: drop its series, the built-in ones (``metrics``, if any) and those of
+    the user's ``dserve.metrics`` tagged with it, so a long-lived worker keeps only live replicas'."""
+    if metrics is not None:
+        metrics.forget()
+    forget_replica(replica_id)
 
 
 class _LiveReplicas:

@@ -84,28 +84,37 @@ class DServeWorkerPlugin(WorkerPlugin):
         sent: Dict[str, List[int]] = {}
         while True:
             await asyncio.sleep(PUSH_PERIOD_S)
-            replicas = [a for a in list(self.worker.state.actors.values())
-                        if isinstance(a, ReplicaActor) and a.accepting]
-            if not replicas:
+            report = self._load_report(sent)
+            if report is None:
                 sent.clear()
                 continue
-            counts = {a.replica_id: a.ongoing for a in replicas}
-            totals = {a.replica_id: list(a.metrics.totals) for a in replicas
-                      if a.metrics is not None and a.metrics.totals != sent.get(a.replica_id)}
-            custom: Dict[str, Dict[str, float]] = {}
-            errors: Dict[str, str] = {}
-            for a in replicas:  # never waits: a slow record_autoscaling_stats() stalls nothing
-                if a.stats is not None:
-                    metrics, errors[a.replica_id] = a.stats.poll()
-                    if metrics is not None:
-                        custom[a.replica_id] = metrics
-            extra = {"custom": custom, "stats_errors": errors} if errors else {}
             try:
-                await self.worker.scheduler.dserve_report_running(counts=counts, totals=totals, **extra)
+                await self.worker.scheduler.dserve_report_running(**report)
             except Exception as exc:  # noqa: BLE001 - metrics are best effort
                 logger.debug("load report failed: %r", exc)
                 continue
-            sent = {rid: t for rid, t in {**sent, **totals}.items() if rid in counts}
+            sent = {rid: t for rid, t in {**sent, **report["totals"]}.items() if rid in report["counts"]}
+
+    def _load_report(self, sent: Dict[str, List[int]]) -> Optional[Dict[str, Any]]:
+        """This worker's load report (``None``: no replica accepts requests here). Made in a
+        function of its own: no replica stays referenced by the loop while it sleeps (a
+        deleted replica's object must go with it)."""
+        replicas = [a for a in list(self.worker.state.actors.values())
+                    if isinstance(a, ReplicaActor) and a.accepting]
+        if not replicas:
+            return None
+        counts = {a.replica_id: a.ongoing for a in replicas}
+        totals = {a.replica_id: list(a.metrics.totals) for a in replicas
+                  if a.metrics is not None and a.metrics.totals != sent.get(a.replica_id)}
+        custom: Dict[str, Dict[str, float]] = {}
+        errors: Dict[str, str] = {}
+        for a in replicas:  # never waits: a slow record_autoscaling_stats() stalls nothing
+            if a.stats is not None:
+                metrics, errors[a.replica_id] = a.stats.poll()
+                if metrics is not None:
+                    custom[a.replica_id] = metrics
+        extra = {"custom": custom, "stats_errors": errors} if errors else {}
+        return {"counts": counts, "totals": totals, **extra}
 
 
 def _data_host(worker_address: str) -> str:

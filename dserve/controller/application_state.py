@@ -75,6 +75,7 @@ class ApplicationState:
         for name, dep in list(self.deployments.items()):
             if dep.deleting and not dep.replicas:
                 del self.deployments[name]
+                self.controller.deployment_removed(dep)
                 self.controller.publisher.notify_change()
         if self.deploying and not self.building and self.deployments and all(
             d.status == DeploymentStatus.HEALTHY for d in self.deployments.values() if not d.deleting

@@ -19,7 +19,8 @@ from ..types import ReplicaSetSnapshot
 from .status import deployment_status, settle_status
 from .autoscaling import DeploymentScaler
 from .replicas import (
-    ReplicaRecord, check_health_on_worker, drain_stopping, reconfigure_replica, relocate, start_missing,
+    ReplicaRecord, check_health_on_worker, drain_stopping, reconfigure_replica, release_actor, relocate,
+    start_missing,
 )
 
 if TYPE_CHECKING:
@@ -233,11 +234,9 @@ class DeploymentState:
         if self.replicas.pop(r.replica_id, None) is None:
             return
         self.controller.metrics.forget_replica(r.replica_id)
+        self.controller.traffic.forget_replica(r.replica_id)
         self.controller.ledger.release(r.worker, r.demand, self.key)
-        if r.future is not None:
-            r.future.release()
-            r.future = None
-        r.actor = None
+        release_actor(r)
         if r.state == ReplicaState.RUNNING:
             self.publish()
 
@@ -253,9 +252,8 @@ class DeploymentState:
             self.replicas.pop(r.replica_id, None)
             self.limits.pop(r.replica_id, None)
             self.controller.metrics.forget_replica(r.replica_id)
-            if r.future is not None:
-                r.future.release()
-                r.future = None
+            self.controller.traffic.forget_replica(r.replica_id)
+            release_actor(r)
             if state == ReplicaState.RUNNING:
                 self.publish()
 

@@ -238,6 +238,14 @@ class Controller(SchedulerPlugin):
         return get_address_host(self.scheduler.address)
 
     # ---- reconciler callbacks ----
+    def deployment_removed(self, dep: Any) -> None:
+        """A deleted deployment's last replica is gone: forget everything kept under its
+        key (load samples and reports, traffic, autoscaling decisions, placement notes)."""
+        self.metrics.drop(dep.key)
+        self.traffic.forget(dep.key)
+        self.telemetry.decisions.forget({"deployment": dep.name, "application": dep.app})
+        self.coupling.note_unplaceable(dep.key, None)
+
     def _app_removed(self) -> None:
         self.store.checkpoint()
         self.publisher.notify_change()

@@ -29,7 +29,8 @@ from .ranks import RankAllocator
 if TYPE_CHECKING:
     from .deployment_state import DeploymentState
 
-__all__ = ["ReplicaRecord", "Placement", "start_missing", "relocate", "drain_stopping", "start_replica", "stop_replica", "reconfigure_replica", "check_health_on_worker"]
+__all__ = ["ReplicaRecord", "Placement", "start_missing", "relocate", "drain_stopping", "start_replica", "stop_replica",
+           "reconfigure_replica", "check_health_on_worker", "release_actor"]
 
 logger = logging.getLogger("dserve.controller")
 
@@ -120,6 +121,17 @@ class Placement:
         )
 
 
+def release_actor(r: ReplicaRecord) -> None:
+    """Let Dask forget the replica's actor now: its future, and the one Dask's ``Actor`` handle
+    holds for the same key. Dask's actor method calls leave reference cycles around the
+    handle, so without this the key (and the actor on its worker) lived until the
+    scheduler's next full garbage collection."""
+    for future in (r.future, getattr(r.actor, "_future", None)):
+        if future is not None:
+            future.release()  # idempotent: a Future releases its key once
+    r.future = r.actor = None
+
+
 def start_missing(dep: "DeploymentState", missing: int, current: List[ReplicaRecord],
                   outdated: List[ReplicaRecord]) -> None:
     """Start up to ``missing`` replicas, at most ``MAX_STARTING_REPLICAS`` starting at
@@ -188,19 +200,24 @@ async def start_replica(dep: "DeploymentState", r: ReplicaRecord) -> None:
     error: Optional[str] = None
     info: Dict[str, Any] = {}
     try:
+        # the code goes with ``initialize`` (a direct call to the worker), not in the task: Dask
+        # keeps each stream's last 1000 batches (``distributed.admin.low-level-log-length``),
+        # and the graph and compute-task messages would hold a copy of it per replica started
         r.future = controller.client.submit(
-            ReplicaActor, dep.app, dep.name, r.replica_id, spec.code, spec.init, config,
+            ReplicaActor, dep.app, dep.name, r.replica_id, b"", b"", config,
             actor=True, key=r.key, workers=[r.worker], allow_other_workers=False, pure=False,
         )
         await r.future  # the actor exists on its worker
         with controller.client.as_current():  # bind the Actor to our client
             r.actor = Actor(ReplicaActor, r.worker, r.key)
-        info = await r.actor.initialize()
+        info = await r.actor.initialize(spec.code, spec.init)
         if info.get("error"):
             error = info["error"]
     except Exception as exc:  # noqa: BLE001 - the worker died, or the actor could not be created
         error = f"{type(exc).__name__}: {exc}"
     if r.state not in (ReplicaState.STARTING, ReplicaState.RECOVERING):  # stopped or lost while starting
+        if dep.replicas.get(r.replica_id) is not r:  # lost (forgotten already): nothing will drain it
+            release_actor(r)
         return
     if error is not None:
         dep.start_failed(r, error)

@@ -73,6 +73,17 @@ class Traffic:
             self._trim(now)
             self._trimmed = index
 
+    def forget(self, key: str) -> None:
+        """A deployment (``app#deployment``) is gone: drop its buckets and its replicas' totals."""
+        self.buckets.pop(key, None)
+        prefix = key + "#"
+        for replica_id in [r for r in self.last if r.startswith(prefix)]:
+            del self.last[replica_id]
+
+    def forget_replica(self, replica_id: str) -> None:
+        """A replica is gone (its deployment's buckets keep what it served)."""
+        self.last.pop(replica_id, None)
+
     def _trim(self, now: float) -> None:
         oldest = int((now - self.history_s) // self.bucket_s)
         for key in list(self.buckets):

@@ -21,11 +21,11 @@ import time
 from typing import Callable, Optional
 
 from ..logs.sinks import AccessLine, fast_access_sink
-from ..metrics import table
+from ..metrics import existing_table, table
 from ..types import ASGIApp, Message, Receive, Scope, Send
 from .http_proxy import MATCHED_ROUTE, strip_root_path
 
-__all__ = ["ProtocolMetrics", "HTTPMetrics", "access_logger"]
+__all__ = ["ProtocolMetrics", "HTTPMetrics", "access_logger", "forget_application"]
 
 access_logger = logging.getLogger("dserve.access")
 access_logger.setLevel(logging.INFO)  # on unless the proxy's log_level is above INFO
@@ -52,6 +52,17 @@ def _request_id(headers: list) -> str:
         if name == b"x-request-id":
             return value.decode("latin-1")
     return ""
+
+
+def forget_application(application: str) -> None:
+    """An application left the route table (deleted): drop its request series in this
+    process's proxy metrics, so they hold only the applications that exist."""
+    for protocol in ("http", "grpc"):
+        for name in (f"serve_num_{protocol}_requests", f"serve_num_{protocol}_error_requests",
+                     f"serve_{protocol}_request_latency_ms"):
+            found = existing_table(name)
+            if found is not None:
+                found.forget({"application": application})
 
 
 class ProtocolMetrics:

@@ -39,7 +39,7 @@ from ..uvicorn_server import EmbeddedServer, config, fd_bounded, reuse_port_supp
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
-from .proxy_metrics import HTTPMetrics
+from .proxy_metrics import HTTPMetrics, forget_application
 
 __all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME", "bind_host"]
 
@@ -110,6 +110,8 @@ class ProxyServer:
         self._logging: dict = {}
 
     def _on_routes(self, snapshot: RouteTable) -> None:
+        for gone in set(self._last_routes.get("apps") or {}) - set(snapshot.get("apps") or {}):
+            forget_application(gone)  # a deleted application's request series
         self._last_routes = snapshot
         self.app.update_routes(snapshot)
         logging_config = snapshot.get("logging") or {}
