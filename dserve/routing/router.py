@@ -30,7 +30,7 @@ from ..exceptions import BackPressureError, DeploymentUnavailableError
 from ..types import ReplicaSetSnapshot, Scope
 from .router_metrics import track_router
 from .started_call import CallFuture, Started
-from .transport import Undelivered
+from .transport import MuxConnection, Undelivered
 
 __all__ = ["Router", "ReplicaSlot"]
 
@@ -264,8 +264,11 @@ class Router:
         if not self.waiters:
             slot = self._pick(call.model_id)
             if slot is not None:
+                channel = self.runtime.channel(slot)
+                if type(channel) is not MuxConnection:
+                    return None  # a replica in this process: the general path calls it directly
                 slot.in_flight += 1
-                call.take(slot)
+                call.take(slot, channel)
                 return future
         if self.max_queued != -1 and len(self.waiters) >= self.max_queued:
             future.set_exception(BackPressureError(num_queued_requests=len(self.waiters),

@@ -58,14 +58,15 @@ class Started(StartedCall):
         self.id: Optional[int] = None
         self.retry: Optional[asyncio.Future] = None
 
-    def take(self, slot: "ReplicaSlot") -> None:
+    def take(self, slot: "ReplicaSlot", channel: Any = None) -> None:
         """Send the call on ``slot`` (already counted in flight): now when its worker's link is
         up, else in a task that connects first (or calls a replica in this process)."""
         self.slot = slot
         router = self.router
         router.num_requests += 1
         method, args, kwargs, ctx = self.request
-        channel = router.runtime.channel(slot)
+        if channel is None:
+            channel = router.runtime.channel(slot)
         if type(channel) is MuxConnection:
             try:
                 i = channel.start_call(slot.key, method, args, kwargs, ctx.to_wire(), self)
