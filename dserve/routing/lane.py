@@ -60,8 +60,10 @@ class Lane:
         return conn
 
     def report_queued(self, router: Router) -> None:
-        """The home runtime reports this lane's queues with its own (``Router.followers``)."""
-        if not router.slots:  # nothing to run on: tell the controller now (scale from zero)
+        """The home runtime reports this lane's queues with its own (``Router.followers``): tell it
+        when its periodic report is not running yet, or when there is no replica at all (the
+        controller hears at once: scale from zero)."""
+        if self.home._reporter is None or not router.slots:
             post(self.home.loop, self.home.report_queued, router)
 
     def close(self) -> None:
