@@ -179,3 +179,33 @@ def test_calls_in_flight_on_a_lane_fail_typed_when_the_replica_process_dies(clea
     assert took < 30
     # a replacement replica answers, in another process
     assert wait_for(lambda: handle.remote(False).result(timeout_s=5) != pid, timeout=60)
+
+
+@serve.deployment(max_ongoing_requests=1, autoscaling_config={
+    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0.1,
+    "downscale_delay_s": 600, "look_back_period_s": 0.5})
+class Slow:
+    async def __call__(self, x: int) -> int:
+        await asyncio.sleep(0.05)
+        return x
+
+
+def test_a_lanes_queue_reaches_the_autoscaler(clean):
+    """One replica, one call at a time: only the queue in the caller's lane can ask for a second."""
+    handle = serve.run(Slow.bind(), name="slow", route_prefix=None)
+
+    def running() -> int:
+        return serve.status().applications["slow"].deployments["Slow"].replica_states.get("RUNNING", 0)
+
+    async def main() -> int:
+        await _warm(handle, 0)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            results = await asyncio.gather(*[handle.remote(i) for i in range(10)])
+            assert results == list(range(10))
+            if await loop.run_in_executor(None, running) == 2:
+                return 2
+        return await loop.run_in_executor(None, running)
+
+    assert asyncio.run(main()) == 2
