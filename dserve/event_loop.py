@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from distributed import Worker
 
 __all__ = ["home_loop", "side_loop", "in_loop_thread", "worker_or_none", "set_process_worker", "submit", "wait",
-           "post", "lend_loop"]
+           "post", "copy_outcome", "lend_loop"]
 
 logger = logging.getLogger("dserve")
 
@@ -230,20 +230,22 @@ async def wait(future: concurrent.futures.Future) -> Any:
 
 def _deliver(crossing: _Crossing, future: concurrent.futures.Future, waiter: "asyncio.Future[Any]") -> None:
     try:
-        crossing.post(_copy_into, future, waiter)
+        crossing.post(copy_outcome, future, waiter)
     except RuntimeError:
         pass  # the waiting loop is closed: no one is left to tell
 
 
-def _copy_into(future: concurrent.futures.Future, waiter: "asyncio.Future[Any]") -> None:
-    if waiter.done():
+def copy_outcome(source: Any, target: "asyncio.Future[Any]") -> None:
+    """Settle ``target`` (an asyncio future) as ``source`` (a done future of either kind) ended,
+    unless it is settled already."""
+    if target.done():
         return
-    if future.cancelled():
-        waiter.cancel()
-    elif future.exception() is not None:
-        waiter.set_exception(future.exception())
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
     else:
-        waiter.set_result(future.result())
+        target.set_result(source.result())
 
 
 class _LentLoop:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..event_loop import copy_outcome
 from ..serialization import loads, unpack_exception
 from ..types import WireMessage
 from ..wire import ERROR, RESULT
@@ -101,15 +102,7 @@ class Started(StartedCall):
             self._go_general(self.router.call(method, args, kwargs, ctx))
 
     def _settle(self, task: asyncio.Future) -> None:
-        future = self.future
-        if future.done():
-            return
-        if task.cancelled():
-            future.cancel()
-        elif task.exception() is not None:
-            future.set_exception(task.exception())
-        else:
-            future.set_result(task.result())
+        copy_outcome(task, self.future)
 
     def lost(self, error: BaseException) -> None:
         self.router.release(self.slot)  # type: ignore[arg-type]

@@ -312,20 +312,6 @@ class InProcessChannel:
         self.replica = replica
         self.closed = False
 
-    def start_call(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext,
-                   reply: "StartedCall") -> Optional[int]:
-        """Send a unary call now, without a task, when the link is up; ``reply.deliver(msg)``
-        gets its answer (``reply.lost(error)`` if the link drops). None: the link is not up
-        (use ``call``)."""
-        link = self._link
-        if link is None or link.closed:
-            return None
-        i = next(self._ids)
-        msg = {ID: i, KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx}
-        self._pending[i] = reply
-        link.send(msg)
-        return i
-
     async def call(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext, copy: bool) -> Any:
         if copy:
             args, kwargs = loads(dumps((args, kwargs)))
