@@ -16,19 +16,26 @@ request only sets a deadline; writes corked for one loop turn
 (``CorkedTransport``: uvicorn writes a response's head and body separately, one
 ``send`` each); reads of at most ``READ_CHUNK_BYTES`` (asyncio's default 256 KiB
 read buffer is an mmap + mremap + munmap per read, whatever arrived).
+
+A request may also be answered without an ASGI task at all: given a ``direct``
+handler (the HTTP proxy's ``proxy.direct``), a request whose whole body arrives
+within the read-buffer limit is held until its last byte and offered to it; the
+handler either takes it (and answers through the request's cycle later) or
+declines, and the ASGI task starts as usual.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .config import REJECT_LINGER_S
 
-__all__ = ["ConnectionLimits", "GuardedHttpToolsProtocol", "CorkedTransport", "READ_CHUNK_BYTES"]
+__all__ = ["ConnectionLimits", "GuardedHttpToolsProtocol", "CorkedTransport", "READ_CHUNK_BYTES", "Exchange",
+           "DirectHandler"]
 
 logger = logging.getLogger("dserve.proxy")
 
@@ -106,14 +113,33 @@ def _answer(status: int, text: str) -> bytes:
             b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body))
 
 
+class Exchange:
+    """A request taken by a ``direct`` handler, until it is answered."""
+
+    __slots__ = ()
+
+    def client_gone(self) -> None:
+        """The client closed the connection first."""
+
+
+# (connection, cycle) -> whether it took the request (then it sets ``connection.exchange``
+# until the answer is complete); False: run the ASGI app
+DirectHandler = Callable[["GuardedHttpToolsProtocol", RequestResponseCycle], bool]
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with ``ConnectionLimits``. ``phase`` is where the
     connection stands: idle (between requests), headers, body (until the body's last
     byte), upgraded (a WebSocket now), rejected (answered, closing)."""
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: ConnectionLimits, direct: Optional[DirectHandler] = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self.direct = direct
+        self.holding = False  # inside ``on_headers_complete``: a request's task may be held back
+        self.held: Optional[RequestResponseCycle] = None  # a request waiting for its last byte
+        self.exchange: Optional[Exchange] = None  # the request a ``direct`` handler is answering
         self.timer: Optional[asyncio.TimerHandle] = None  # fires at or before ``deadline``
         self.deadline: Optional[float] = None  # when the current phase times out (None: never)
         self.keeping_alive = False  # the deadline is the keep-alive one (idle after a response)
@@ -164,6 +190,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             writable = not self.pipeline and cycle is not None and not cycle.response_started
         else:  # a new request's headers: only if the previous response is complete
             writable = cycle is None or cycle.response_complete
+        self.held = None
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app (if any) sees http.disconnect; its sends are dropped
             cycle.message_event.set()
@@ -197,7 +224,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.held = None
         super().connection_lost(exc)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_gone()
+
+    # ---- requests answered without a task (``direct``) ----
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if self.holding and app is self.app and not cycle.waiting_for_100_continue:
+            self.held = cycle  # offered to ``direct`` once its body is complete
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def start_held(self, cycle: RequestResponseCycle) -> None:
+        """Run the ASGI app for a request held back or declined by ``direct``."""
+        super()._start_asgi_task(cycle, self.app)
+
+    def _offer(self, cycle: RequestResponseCycle) -> None:
+        if not self.direct(self, cycle):  # type: ignore[misc]
+            self.start_held(cycle)
 
     def data_received(self, data: bytes) -> None:
         if self.phase == "rejected":
@@ -258,7 +304,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if declared.isdigit() and int(declared) > limits.max_body_bytes:
                 self._reject(413, f"Request body is {int(declared)} bytes; the limit is {limits.max_body_bytes}.")
                 return
-        super().on_headers_complete()
+        self.holding = self.direct is not None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.holding = False
         self.received = 0
         if self.parser.should_upgrade() and self._should_upgrade():
             self.phase = "upgrading"
@@ -276,6 +326,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._reject(413, f"Request body exceeds {limit} bytes.")
             return
         super().on_body(body)
+        held = self.held
+        if held is not None and self.flow.read_paused:  # more than the read buffer: stream it to the app
+            self.held = None
+            self.start_held(held)
 
     def on_response_complete(self) -> None:
         """uvicorn's, with its keep-alive timer (a ``call_later`` and a cancel per request)
@@ -299,3 +353,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._disarm()
             self.phase = "idle"
         super().on_message_complete()
+        held = self.held
+        if held is not None:
+            self.held = None
+            self._offer(held)

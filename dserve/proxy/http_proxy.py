@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, AsyncIterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, List, Optional, Tuple
 
 from ..config import DISCONNECT_WATCH_AFTER_S
 from ..timers import FixedDelayTimers
@@ -31,7 +31,7 @@ from .websocket import forward_websocket
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["HTTPProxy", "MATCHED_ROUTE", "strip_root_path"]
+__all__ = ["HTTPProxy", "MATCHED_ROUTE", "OPENED", "strip_root_path"]
 
 logger = logging.getLogger("dserve.proxy")
 
@@ -58,6 +58,7 @@ def strip_root_path(path: str, root_path: str) -> str:
 
 
 MATCHED_ROUTE = "dserve.route"  # scope key: the (prefix, application, ingress) a request was routed to
+OPENED = "dserve.opened"  # scope key: (reply stream, context) of a request begun by ``proxy.direct``
 
 
 class HTTPProxy:
@@ -121,7 +122,7 @@ class HTTPProxy:
                 reason = self.readiness()
                 await _send_plain(send, 503 if reason else 200, reason or "success")
                 return
-        route = self.match(path)
+        route = scope.get(MATCHED_ROUTE) or self.match(path)  # (matched already if ``proxy.direct`` handed it on)
         scope[MATCHED_ROUTE] = route  # for the metrics and access log around this app (never forwarded)
         if route is None:
             if kind == "http" and not self.routes_populated:  # just started: the route table is on its way
@@ -152,16 +153,20 @@ class HTTPProxy:
         return out
 
     async def _forward_http(self, scope: Scope, receive: Receive, send: Send, route: Tuple[str, str, str]) -> None:
+        opened, ctx = scope.pop(OPENED, (None, None))  # a reply stream ``proxy.direct`` began reading
         chunks = []
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                if opened is not None:
+                    opened.close()
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
         body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-        ctx = self.request_context(scope, route)
+        if ctx is None:
+            ctx = self.request_context(scope, route)
         rid_header = (b"x-request-id", ctx.request_id.encode())
         state = {"started": False, "disconnected": False}
         task = asyncio.current_task()
@@ -180,7 +185,7 @@ class HTTPProxy:
 
         timer = self.disconnect_watches.call_later(watch_disconnect)
         try:
-            forward = self._relay(scope, body, send, route, ctx, rid_header, state)
+            forward = self._relay(scope, body, send, route, ctx, rid_header, state, opened)
             if self.request_timeout_s:
                 await asyncio.wait_for(forward, self.request_timeout_s)
             else:
@@ -208,10 +213,10 @@ class HTTPProxy:
                 watcher.cancel()
 
     async def _relay(self, scope: Scope, body: bytes, send: Send, route: Tuple[str, str, str],
-                     ctx: RequestContext, rid_header: tuple, state: dict) -> None:
+                     ctx: RequestContext, rid_header: tuple, state: dict, opened: Any = None) -> None:
         router = self.runtime.router(route[1], route[2])
         request = (self.forwarded_scope(scope, route), body)
-        stream = open_stream(router, HTTP_METHOD, request, ctx)  # no task when a replica is free
+        stream = opened or open_stream(router, HTTP_METHOD, request, ctx)  # no task when a replica is free
         if stream is None:
             stream = router.stream(HTTP_METHOD, request, {}, ctx, copy=False)
         try:

@@ -25,7 +25,9 @@ from ..metrics import existing_table, table
 from ..types import ASGIApp, Message, Receive, Scope, Send
 from .http_proxy import MATCHED_ROUTE, strip_root_path
 
-__all__ = ["ProtocolMetrics", "HTTPMetrics", "access_logger", "forget_application"]
+__all__ = ["ProtocolMetrics", "HTTPMetrics", "access_logger", "forget_application", "STARTED"]
+
+STARTED = "dserve.started"  # scope key: when a request handed on by ``proxy.direct`` began
 
 access_logger = logging.getLogger("dserve.access")
 access_logger.setLevel(logging.INFO)  # on unless the proxy's log_level is above INFO
@@ -110,6 +112,25 @@ class HTTPMetrics:
         self.metrics = ProtocolMetrics("http", node_id, node_ip) if record_metrics else None
         self.access_log = access_log
 
+    def begin(self) -> float:
+        """A request starts: counted as ongoing; its start time."""
+        return self.metrics.started() if self.metrics is not None else time.perf_counter()
+
+    def end(self, scope: Scope, started: float, status: int, headers: list) -> None:
+        """A request is answered (``status`` 0: its client left first) with ``headers``."""
+        route = scope.get(MATCHED_ROUTE)  # set by the proxy: no second route match here
+        if route is not None:
+            prefix, application, path = route[0], route[1], route[0]
+        else:  # a built-in path (/-/routes, /-/healthz) or no route
+            path = strip_root_path(scope["path"], self.root_path)
+            prefix, application = (path if path.startswith("/-/") else ""), ""
+        code = status or 499
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if self.metrics is not None:
+            self.metrics.finished(started, prefix, scope["method"], application, str(code), code >= 400, latency_ms)
+        if self.access_log(application) and access_logger.isEnabledFor(logging.INFO):
+            log_access(scope["method"], prefix or path, code, latency_ms, _request_id(headers), application, prefix)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -123,19 +144,10 @@ class HTTPMetrics:
                 status, headers = message["status"], message.get("headers", headers)
             await send(message)
 
-        started = self.metrics.started() if self.metrics is not None else time.perf_counter()
+        started = scope.pop(STARTED, None)  # begun already by ``proxy.direct``, which handed it on
+        if started is None:
+            started = self.begin()
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get(MATCHED_ROUTE)  # set by the proxy: no second route match here
-            if route is not None:
-                prefix, application, path = route[0], route[1], route[0]
-            else:  # a built-in path (/-/routes, /-/healthz) or no route
-                path = strip_root_path(scope["path"], self.root_path)
-                prefix, application = (path if path.startswith("/-/") else ""), ""
-            code = status or 499
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            if self.metrics is not None:
-                self.metrics.finished(started, prefix, scope["method"], application, str(code), code >= 400, latency_ms)
-            if self.access_log(application) and access_logger.isEnabledFor(logging.INFO):
-                log_access(scope["method"], prefix or path, code, latency_ms, _request_id(headers), application, prefix)
+            self.end(scope, started, status, headers)

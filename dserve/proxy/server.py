@@ -33,12 +33,13 @@ from ..config import HTTPOptions, LoggingConfig, gRPCOptions
 from ..logs import close_sink, open_sink, reconfigure_sink
 from ..metrics import enabled as metrics_enabled
 from ..runtime import get_runtime
-from ..types import ASGIApp, RouteTable
+from ..types import RouteTable
 from ..http_protocol import ConnectionLimits, GuardedHttpToolsProtocol
 from ..uvicorn_server import EmbeddedServer, config, fd_bounded, reuse_port_supported
 from ..wire import ROUTES_KEY
 from .grpc_proxy import GRPCProxy
 from .http_proxy import HTTPProxy
+from .direct import DirectHTTP
 from .proxy_metrics import HTTPMetrics, forget_application
 
 __all__ = ["ProxyServer", "ProxyWorkerPlugin", "PROXY_PLUGIN_NAME", "bind_host"]
@@ -101,6 +102,7 @@ class ProxyServer:
         self.app = HTTPProxy(self.runtime, options.root_path, options.request_timeout_s)
         self.server: Optional[EmbeddedServer] = None
         self.grpc: Optional[GRPCProxy] = None
+        self.direct: Optional[DirectHTTP] = None  # its requests answered without a task
         self.host = options.host  # what it binds: see ``bind_host``
         self.port = options.port
         self.grpc_port: Optional[int] = None
@@ -125,7 +127,7 @@ class ProxyServer:
     def task(self) -> Optional[asyncio.Task]:
         return self.server.task if self.server is not None else None
 
-    def _served_app(self) -> ASGIApp:
+    def _served_app(self) -> HTTPMetrics:
         """The proxy app, wrapped to record request metrics (unless they are off) and the access log."""
         host = self.runtime.local_address or ""
         node_ip = get_address_host(host) if host else ""
@@ -137,9 +139,11 @@ class ProxyServer:
         o = self.options
         file_name = "proxy_" + get_address_host(self.runtime.local_address or "local").replace(":", "_") + ".log"
         open_sink(self.log_key, "ProxyActor", file_name=file_name, component="proxy")
-        protocol = functools.partial(GuardedHttpToolsProtocol, limits=connection_limits(o))
+        served = self._served_app()
+        self.direct = DirectHTTP(self.app, served)
+        protocol = functools.partial(GuardedHttpToolsProtocol, limits=connection_limits(o), direct=self.direct)
         self.server = EmbeddedServer(config(
-            self._served_app(), http=protocol, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
+            served, http=protocol, ws="auto", timeout_keep_alive=int(o.keep_alive_timeout_s),
             ssl_keyfile=o.ssl_keyfile, ssl_certfile=o.ssl_certfile,
             ssl_keyfile_password=o.ssl_keyfile_password, ssl_ca_certs=o.ssl_ca_certs,
         ))

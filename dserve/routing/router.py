@@ -270,13 +270,20 @@ class Router:
                 slot.in_flight += 1
                 call.take(slot, channel)
                 return future
-        if self.max_queued != -1 and len(self.waiters) >= self.max_queued:
+        if not self.enqueue(call):
             future.set_exception(BackPressureError(num_queued_requests=len(self.waiters),
                                                    max_queued_requests=self.max_queued))
-            return future
-        self.waiters.append(call)
-        self.runtime.report_queued(self)
         return future
+
+    def enqueue(self, waiter: Any) -> bool:
+        """Queue a call made without a task: ``waiter.take(slot)`` when a slot frees for it,
+        ``waiter.future.set_exception`` if the deployment goes away. False: the queue is
+        full (``max_queued_requests``)."""
+        if self.max_queued != -1 and len(self.waiters) >= self.max_queued:
+            return False
+        self.waiters.append(waiter)
+        self.runtime.report_queued(self)
+        return True
 
     async def stream(
         self, method: str, args: tuple, kwargs: dict, ctx: RequestContext, *, copy: bool = True

@@ -30,7 +30,7 @@ from .transport import ItemReader, MuxConnection, StartedCall, Undelivered
 if TYPE_CHECKING:
     from .router import ReplicaSlot, Router
 
-__all__ = ["CallFuture", "Started", "open_stream"]
+__all__ = ["CallFuture", "Started", "open_stream", "hold_slot"]
 
 
 class CallFuture(asyncio.Future):
@@ -154,7 +154,12 @@ def open_stream(router: "Router", method: str, args: tuple, ctx: Any) -> Optiona
         return None
     slot.in_flight += 1
     router.num_requests += 1
+    return hold_slot(router, slot, reader)
 
+
+def hold_slot(router: "Router", slot: "ReplicaSlot", reader: ItemReader) -> ItemReader:
+    """``reader``, which frees ``slot`` when closed (and stops routing to its replica if
+    the call never reached it)."""
     def closed() -> None:
         router.release(slot)
         if reader.undelivered:

@@ -33,7 +33,7 @@ from ..wire import (
 )
 from .link import Link, open_link
 
-__all__ = ["Undelivered", "MuxConnection", "InProcessChannel", "StartedCall", "ItemReader"]
+__all__ = ["Undelivered", "MuxConnection", "InProcessChannel", "StartedCall", "ItemReader", "LostLink"]
 
 logger = logging.getLogger("dserve.transport")
 
@@ -44,7 +44,7 @@ class Undelivered(Exception):
     """The call never reached the replica (unreachable worker, replica gone): retry elsewhere."""
 
 
-class _Lost:
+class LostLink:
     """Put on a stream's inbox when the connection drops."""
 
     __slots__ = ("error",)
@@ -126,7 +126,7 @@ class MuxConnection:
         for target in pending.values():
             kind = type(target)
             if kind is Inbox:
-                target.put_nowait(_Lost(error))
+                target.put_nowait(LostLink(error))
             elif kind is not asyncio.Future:
                 target.lost(error)
             elif not target.done():
@@ -142,15 +142,18 @@ class MuxConnection:
         return i
 
     def start_call(self, key: str, method: str, args: tuple, kwargs: dict, ctx: WireContext,
-                   reply: "StartedCall") -> Optional[int]:
-        """Send a unary call now, without a task, when the link is up; ``reply.deliver(msg)``
+                   reply: "StartedCall", stream: bool = False) -> Optional[int]:
+        """Send a call now, without a task, when the link is up; ``reply.deliver(msg)``
         gets its answer (``reply.lost(error)`` if the link drops). None: the link is not up
-        (use ``call``)."""
+        (use ``call``). A ``stream`` call's first message goes to ``reply``; to read on,
+        ``adopt`` the stream."""
         link = self._link
         if link is None or link.closed:
             return None
         i = next(self._ids)
         msg = {ID: i, KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx}
+        if stream:
+            msg[KIND] = STREAM
         self._pending[i] = reply
         link.send(msg)
         return i
@@ -182,7 +185,7 @@ class MuxConnection:
         except asyncio.CancelledError:
             self.cancel(i)
             raise
-        if type(first) is not _Lost and GONE in first:
+        if type(first) is not LostLink and GONE in first:
             raise Undelivered(first[GONE])
         return self._items(i, inbox, first, ctx.get("rid", ""))
 
@@ -206,6 +209,14 @@ class MuxConnection:
         inbox = self._pending[i] = Inbox()
         link.send({ID: i, KEY: key, METHOD: method, PAYLOAD: dumps((args, kwargs)), CONTEXT: ctx, KIND: STREAM})
         return ItemReader(self, i, inbox, None, ctx.get("rid", ""), check_gone=True)
+
+    def adopt(self, i: int, first: Any, request_id: str) -> "ItemReader":
+        """The items of stream ``i`` (started by ``start_call``), from its first message on
+        (or a ``LostLink`` in its place)."""
+        inbox = Inbox()
+        if type(first) is not LostLink and ITEM in first and DONE not in first:
+            self._pending[i] = inbox  # more to come
+        return ItemReader(self, i, inbox, first, request_id, check_gone=True)
 
     def _push(self, i: int, event: dict) -> None:
         if self._link is not None:
@@ -251,7 +262,7 @@ class ItemReader:
             msg = await self.inbox.get()
         else:
             self.msg = None
-        if type(msg) is _Lost:
+        if type(msg) is LostLink:
             self.finished = True
             raise msg.error
         if ITEM in msg:
