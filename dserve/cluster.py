@@ -22,7 +22,10 @@ from typing import Any, Dict, Optional
 import dask
 from distributed.deploy.subprocess import SubprocessWorker
 
-from .config import CONTROLLER_NAME, EMBEDDED_MAX_WORKERS_PER_CPU, EMBEDDED_PROXY_THREADS, EMBEDDED_THREADS_PER_WORKER, PROXY_RESOURCE
+from .config import (
+    CONTROLLER_NAME, EMBEDDED_DASK_CONFIG, EMBEDDED_MAX_WORKERS_PER_CPU, EMBEDDED_PROXY_THREADS,
+    EMBEDDED_THREADS_PER_WORKER, PROXY_RESOURCE,
+)
 
 __all__ = ["find_address", "find_security", "start_embedded_cluster", "close_embedded_cluster"]
 
@@ -141,6 +144,21 @@ def _adaptive_bounds(replica_workers: int, proxy_worker: bool) -> Optional[Dict[
     return {k.replace("-", "_"): v for k, v in dict(setting).items()}
 
 
+def serving_dask_config() -> Dict[str, Any]:
+    """The embedded cluster's Dask settings for serving (``config.EMBEDDED_DASK_CONFIG``),
+    except those the user changed from Dask's default."""
+    return {key: ours for key, (default, ours) in EMBEDDED_DASK_CONFIG.items() if dask.config.get(key) == default}
+
+
+def _dask_env(settings: Dict[str, Any]) -> Dict[str, str]:
+    """``settings`` as the environment variables Dask reads in a new process."""
+    env = {}
+    for key, value in settings.items():
+        name = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+        env[name] = str(value)
+    return env
+
+
 def _worker(threads: int, env: Dict[str, str], **extra: Any) -> Dict[str, Any]:
     return {
         "cls": _SessionWorker,
@@ -183,6 +201,8 @@ def start_embedded_cluster(security: Any = None, proxies: bool = True) -> Any:
     threads = int(dask.config.get("dserve.embedded.threads-per-worker", EMBEDDED_THREADS_PER_WORKER))
     quiet = dask.config.get("dserve.embedded.quiet", True)
     env = {"DASK_LOGGING__DISTRIBUTED": "warning"} if quiet and "DASK_LOGGING__DISTRIBUTED" not in os.environ else {}
+    serving = serving_dask_config()
+    env.update(_dask_env(serving))
     worker = _worker(threads, env)
     workers: Dict[Any, Dict[str, Any]] = {}
     if proxy_worker:
@@ -200,7 +220,7 @@ def start_embedded_cluster(security: Any = None, proxies: bool = True) -> Any:
         scheduler["options"].update(security=security, protocol="tls")
         for spec in workers.values():
             spec["options"]["worker_kwargs"]["protocol"] = "tls"
-    with dask.config.set({"distributed.scheduler.worker-ttl": "30s"}):
+    with dask.config.set({"distributed.scheduler.worker-ttl": "30s", **serving}):
         cluster = SpecCluster(
             workers=workers,
             scheduler=scheduler,
