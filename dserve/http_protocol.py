@@ -121,6 +121,9 @@ class Exchange:
     def client_gone(self) -> None:
         """The client closed the connection first."""
 
+    def to_task(self) -> None:
+        """Let the ASGI app finish this request, in a task (the server is shutting down)."""
+
 
 # (connection, cycle) -> whether it took the request (then it sets ``connection.exchange``
 # until the answer is complete); False: run the ASGI app
@@ -256,6 +259,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             limit = self.limits.max_header_bytes
             if limit is not None and self.raw_header_bytes > limit:
                 self._reject(431, f"Request line and headers exceed {limit} bytes.")
+
+    def shutdown(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:  # uvicorn's shutdown waits for, then cancels, tasks: make it one
+            exchange.to_task()
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         if self.phase != "rejected":

@@ -196,3 +196,49 @@ def test_deleting_a_deployment_answers_its_queued_requests(http, clean):
     assert sorted(codes) == [200, 503, 503]  # the running one finishes (graceful shutdown), the queued are told
     assert took < 20
     wait_for(lambda: http.get("/slow").status_code == 404, timeout=10, what="the route gone")
+
+
+def test_a_long_queue_whose_slot_cannot_be_used_is_handed_on_without_recursion():
+    """Queued requests given a slot whose link is not up (a replica on a worker not yet
+    connected) are each handed to the ASGI path, a loop turn later: a queue of 2,000 does not
+    recurse through the router's dispatch, and the slot ends free."""
+    from types import SimpleNamespace
+
+    from dserve.context import RequestContext
+    from dserve.proxy.direct import DirectExchange
+    from dserve.routing.router import ReplicaSlot, Router
+    from dserve.routing.transport import MuxConnection
+
+    class Connection:  # the HTTP side: records what is handed to the ASGI path
+        exchange = None
+
+        def __init__(self, handed: list) -> None:
+            self.handed = handed
+
+        def start_held(self, cycle) -> None:
+            self.handed.append(cycle)
+
+    async def scenario():
+        never_connected = MuxConnection("tcp://127.0.0.1:1")  # its link is not up
+        runtime = SimpleNamespace(channel=lambda slot: never_connected, report_queued=lambda router: None)
+        router = Router(runtime, "app", "dep", track=False)
+        slot = ReplicaSlot("r1", "tcp://127.0.0.1:1", "k1", 1)
+        router.slots, slot.in_flight = [slot], 1  # busy: the requests queue
+        router._ready.set()
+        handler = SimpleNamespace(proxy=SimpleNamespace(forwarded_scope=lambda scope, route: {}),
+                                  recorder=SimpleNamespace(begin=lambda: 0.0), answered=0, handed_over=0)
+        handed: list = []
+        for i in range(2000):
+            cycle = SimpleNamespace(scope={"path": "/", "headers": []}, body=bytearray())
+            exchange = DirectExchange(handler, Connection(handed), cycle, router, ("/", "app", "dep"),
+                                      RequestContext(f"r{i}", "/", "app", ""))
+            exchange.begin()
+            assert router.enqueue(exchange)
+        router.release(slot)  # the running call ends: the slot goes to the queue
+        for _ in range(5000):
+            if len(handed) == 2000:
+                break
+            await asyncio.sleep(0)
+        return len(handed), len(router.waiters), slot.in_flight, handler.handed_over
+
+    assert asyncio.run(scenario()) == (2000, 0, 0, 2000)

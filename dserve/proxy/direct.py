@@ -20,6 +20,7 @@ client that leaves cancels the call at the replica (or its place in the queue).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
@@ -139,14 +140,26 @@ class DirectExchange(StartedCall):
                 self.slot, self.conn, self.id = slot, channel, i
                 router.num_requests += 1
                 return
-        router.release(slot)  # its link is not up (or the replica is here): the ASGI path routes it
-        self.hand_over(None)
+        # its link is not up (or the replica is here): the ASGI path routes it, from the next
+        # loop turn (here, inside the router's dispatch, the release would hand the slot to the
+        # next queued request, which would bounce the same way: a recursion as deep as the queue)
+        asyncio.get_running_loop().call_soon(self._bounce, slot)
+
+    def _bounce(self, slot: "ReplicaSlot") -> None:
+        self.router.release(slot)
+        if not self.finished:
+            self.hand_over(None)
 
     # ---- the reply ----
     def deliver(self, msg: WireMessage) -> None:
         if ITEM in msg and DONE in msg and not self.cycle.flow.write_paused:
             self.router.release(self.slot)  # type: ignore[arg-type]
-            self.respond(loads(msg[ITEM]))
+            try:
+                messages = loads(msg[ITEM])
+            except Exception as exc:  # noqa: BLE001 - e.g. a class this process cannot import: a 500
+                self.hand_over(_Failed(exc))
+                return
+            self.respond(messages)
         else:
             self.hand_over(self._rest(msg))
 
@@ -194,6 +207,17 @@ class DirectExchange(StartedCall):
         scope[STARTED] = self.started
         scope[OPENED] = (opened, self.ctx)
         self.connection.start_held(self.cycle)
+
+    def to_task(self) -> None:
+        """Hand this request to the ASGI path now, wherever it stands (the proxy is stopping:
+        uvicorn's shutdown waits for its tasks, then cancels them)."""
+        if self.finished:
+            return
+        if self.conn is None:  # queued (or bouncing)
+            self.router._leave(self)  # type: ignore[arg-type]
+            self.hand_over(None)
+        else:
+            self.hand_over(self._rest(None))
 
     def client_gone(self) -> None:
         """The client closed its connection: cancel the call (or leave the queue)."""

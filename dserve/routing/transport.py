@@ -212,9 +212,9 @@ class MuxConnection:
 
     def adopt(self, i: int, first: Any, request_id: str) -> "ItemReader":
         """The items of stream ``i`` (started by ``start_call``), from its first message on
-        (or a ``LostLink`` in its place)."""
+        (or a ``LostLink`` in its place; None: none has come yet)."""
         inbox = Inbox()
-        if type(first) is not LostLink and ITEM in first and DONE not in first:
+        if first is None or (type(first) is not LostLink and ITEM in first and DONE not in first):
             self._pending[i] = inbox  # more to come
         return ItemReader(self, i, inbox, first, request_id, check_gone=True)
 
