@@ -77,17 +77,6 @@ PLACEMENT_MODES = ("isolated", "colocated")  # Dask config `dserve.placement`; t
 EMBEDDED_THREADS_PER_WORKER = 4  # `dserve.embedded.threads-per-worker`: CPU slots of each replica worker
 EMBEDDED_PROXY_THREADS = 1  # the embedded cluster's proxy worker (it runs the proxy, not replicas)
 EMBEDDED_MAX_WORKERS_PER_CPU = 2  # the adaptive embedded cluster grows to 1 + this many replica workers per CPU
-# Dask's background work, tuned for serving on the embedded cluster: {key: (Dask's default, ours)}.
-# Idle, Dask's defaults cost 3 workers + 3 nannies + the scheduler ~0.27 CPU-seconds per second
-# (the task profiler samples every thread 100 times a second, a 20 ms tick in every process, a
-# nanny memory check every 100 ms); with these ~0.07. Replicas are actors, not Dask tasks, so the
-# task profiler has nothing to show. A value the user changed from Dask's default is kept.
-EMBEDDED_DASK_CONFIG = {
-    "distributed.worker.profile.enabled": (True, False),
-    "distributed.admin.tick.interval": ("20ms", "200ms"),
-    "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
-    "distributed.admin.system-monitor.interval": ("500ms", "2s"),
-}
 # the Serve page on the Dask scheduler's dashboard server (see ``dashboard``)
 SERVE_PAGE_PATH = "serve"  # the page; its data at SERVE_PAGE_PATH + "/api/status"
 SERVE_PAGE_REFRESH_S = 2.0  # the page fetches new data this often

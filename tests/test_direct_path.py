@@ -242,3 +242,34 @@ def test_a_long_queue_whose_slot_cannot_be_used_is_handed_on_without_recursion()
         return len(handed), len(router.waiters), slot.in_flight, handler.handed_over
 
     assert asyncio.run(scenario()) == (2000, 0, 0, 2000)
+
+
+@serve.deployment(max_ongoing_requests=1)
+class OneAtATime:
+    async def __call__(self, request: Request):
+        kind = request.query_params.get("kind", "plain")
+        if kind == "fail":
+            raise RuntimeError("boom")
+        if kind == "stream":
+            async def chunks():
+                for i in range(int(request.query_params.get("n", "3"))):
+                    await asyncio.sleep(0.05)
+                    yield f"{i};"
+            return StreamingResponse(chunks(), media_type="text/plain")
+        return "plain"
+
+
+def test_the_replica_frees_its_one_slot_after_every_kind_of_answer(http, clean):
+    """With ``max_ongoing_requests=1`` any slot the replica kept would stall the next request:
+    complete, failed, streamed and abandoned streams each give it back."""
+    deploy(http, OneAtATime.bind(), "one")
+    for _ in range(3):
+        assert http.get("/one", params={"kind": "fail"}).status_code == 500
+        assert http.get("/one", params={"kind": "stream"}).text == "0;1;2;"
+        assert http.get("/one").text == "plain"
+    with httpx.Client(base_url=str(http.base_url), timeout=30) as client:
+        with client.stream("GET", "/one", params={"kind": "stream", "n": "200"}) as response:
+            assert next(response.iter_text()).startswith("0;")  # then the client leaves mid-stream
+    started = time.monotonic()
+    assert http.get("/one", timeout=10).text == "plain"
+    assert time.monotonic() - started < 5

@@ -1,4 +1,4 @@
-"""The embedded cluster runs Dask's background work at serving rates (``config.EMBEDDED_DASK_CONFIG``),
+"""The embedded cluster runs Dask's background work at serving rates (``cluster.SERVING_DASK_CONFIG``),
 keeping whatever the user set themselves."""
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from distributed import Client
 
 import dserve as serve
-from dserve.config import EMBEDDED_DASK_CONFIG
+from dserve.cluster import SERVING_DASK_CONFIG
 from dserve.runtime import current_runtime
 from conftest import free_port
 
@@ -44,7 +44,7 @@ def test_workers_and_nannies_run_at_serving_rates_but_keep_user_settings(tuned):
     assert all(found == expected for found in workers.values()), workers
     nannies = tuned.run(_settings, nanny=True)
     assert all(found == expected for found in nannies.values()), nannies
-    assert set(expected) == set(EMBEDDED_DASK_CONFIG)
+    assert set(expected) == set(SERVING_DASK_CONFIG)
 
 
 def test_the_schedulers_background_work_is_tuned_too(tuned):

@@ -303,7 +303,7 @@ def test_websockets_through_a_fastapi_ingress(http, clean):
     serve.run(Chat.bind(), name="chat", route_prefix="/chat")
     url = str(http.base_url).replace("http://", "ws://").rstrip("/") + "/chat/ws"
     replicas = set()
-    for session in range(6):  # both replicas, over the data plane
+    for session in range(30):  # until both replicas answered (each session lands on a random one)
         with ws_client.connect(url) as conn:
             for word in ("a", "b"):
                 conn.send(f"{word}{session}")
@@ -313,5 +313,7 @@ def test_websockets_through_a_fastapi_ingress(http, clean):
             conn.send("bye")
             with pytest.raises(ConnectionClosedOK):  # the replica closed it normally (code 1000)
                 conn.recv(timeout=10)
+        if len(replicas) == 2:
+            break
     assert len(replicas) == 2
     assert http.get("/-/healthz").status_code == 200

@@ -20,17 +20,18 @@ import pathlib
 import uuid
 from collections.abc import Iterable, Mapping
 import logging
-from typing import Any, AsyncIterator, Callable, List, Optional
+import functools
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from ..config import STREAM_BATCH_BYTES, STREAM_WINDOW
 from ..serialization import user_traceback
-from ..types import ASGIApp, Message, Receive, Scope
-from ..wire import LastItem
+from ..types import ASGIApp, Message, Receive, Scope, WireContext
+from ..wire import HTTP_METHOD, LastItem
 
-__all__ = ["serve_http", "serve_websocket", "to_response"]
+__all__ = ["serve_http", "answer_http", "relay", "starts_server_error", "serve_websocket", "to_response"]
 
 logger = logging.getLogger("dserve.replica")
 
@@ -97,66 +98,61 @@ def error_response(exc: BaseException) -> Response:
     return PlainTextResponse(f"Unexpected error, traceback: {tb}", status_code=500)
 
 
-async def serve_http(
-    asgi_app: Optional[ASGIApp], call_user: Callable[[Request], Any], scope: Scope, body: bytes
-) -> AsyncIterator[List[Message]]:
-    """Run one request; yield lists of ASGI messages as they become available."""
-    messages: List[dict] = []
-    pending = [0]  # body bytes in ``messages``
-    wake: List[asyncio.Event] = []  # set up only for streaming responses
-    drained = asyncio.Event()  # the reader took the pending messages (flow control)
-    drained.set()
-    body_sent = False
+class _RequestIO:
+    """One request's ASGI ``receive`` (its body, once) and ``send`` (messages collected; once
+    ``relay`` streams them, batched, the app waiting when the reader is a window behind)."""
 
-    async def receive() -> dict:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    __slots__ = ("body", "body_sent", "messages", "pending", "wake", "drained")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.body_sent = False
+        self.messages: List[dict] = []
+        self.pending = 0  # body bytes in ``messages``
+        self.wake: Optional[asyncio.Event] = None  # set up only for streaming responses
+        self.drained: Optional[asyncio.Event] = None  # the reader took the pending messages
+
+    async def receive(self) -> dict:
+        if not self.body_sent:
+            self.body_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
         await asyncio.get_running_loop().create_future()  # until the proxy cancels us
         return {"type": "http.disconnect"}
 
-    async def send(message: dict) -> None:
-        messages.append(message)
-        if wake:
-            wake[0].set()
-            pending[0] += len(message.get("body", b""))
+    async def send(self, message: dict) -> None:
+        self.messages.append(message)
+        wake = self.wake
+        if wake is not None:
+            wake.set()
+            self.pending += len(message.get("body", b""))
             # the reader is behind (a batch is an item of the stream's window: bound it in bytes
             # too, or a window of big chunks is a window of many megabytes): the app waits for it
-            if len(messages) >= STREAM_WINDOW or pending[0] >= STREAM_BATCH_BYTES:
-                drained.clear()
-                await drained.wait()
+            if len(self.messages) >= STREAM_WINDOW or self.pending >= STREAM_BATCH_BYTES:
+                self.drained.clear()  # type: ignore[union-attr]
+                await self.drained.wait()  # type: ignore[union-attr]
 
-    response = None
-    if asgi_app is None:
-        response = await _call_plain(call_user, Request(scope, receive))
-        if not isinstance(response, StreamingResponse):  # complete: one batch, no extra task
-            await response(scope, receive, send)
-            yield LastItem(messages)
-            return
+    def take(self) -> List[dict]:
+        batch, self.messages, self.pending = self.messages, [], 0
+        self.drained.set()  # type: ignore[union-attr]
+        return batch
 
-    async def run() -> None:
-        if response is not None:
-            await response(scope, receive, send)
-        else:
-            await asgi_app(scope, receive, send)
 
-    event = asyncio.Event()
-    wake.append(event)
+async def relay(io: _RequestIO, run: Callable[[], Awaitable[None]]) -> AsyncIterator[List[Message]]:
+    """Run ``run`` (an ASGI app, or a streaming response) in a task; yield what it sends, in batches."""
+    io.wake = event = asyncio.Event()
+    io.drained = asyncio.Event()
+    io.drained.set()
     task = asyncio.ensure_future(run())
     task.add_done_callback(lambda _t: event.set())
     try:
         while True:
             await event.wait()
             event.clear()
-            if messages:
-                batch, messages = messages, []
-                pending[0] = 0
-                drained.set()
-                yield batch
+            if io.messages:
+                yield io.take()
             if task.done():
-                if messages:
-                    yield messages
+                if io.messages:
+                    yield io.take()
                 exc = task.exception()
                 if exc is not None:
                     raise exc
@@ -164,6 +160,81 @@ async def serve_http(
     finally:
         if not task.done():
             task.cancel()
+
+
+async def serve_http(
+    asgi_app: Optional[ASGIApp], call_user: Callable[[Request], Any], scope: Scope, body: bytes
+) -> AsyncIterator[List[Message]]:
+    """Run one request; yield lists of ASGI messages as they become available."""
+    io = _RequestIO(body)
+    if asgi_app is None:
+        response = await _call_plain(call_user, Request(scope, io.receive))
+        if not isinstance(response, StreamingResponse):  # complete: one batch, no extra task
+            await response(scope, io.receive, io.send)
+            yield LastItem(io.messages)
+            return
+        run = functools.partial(response, scope, io.receive, io.send)
+    else:
+        run = functools.partial(asgi_app, scope, io.receive, io.send)
+    async for batch in relay(io, run):
+        yield batch
+
+
+def starts_server_error(batch: Any) -> bool:
+    """Whether a batch of ASGI messages starts a 5xx response."""
+    messages = batch.value if type(batch) is LastItem else batch
+    for message in messages:
+        if message.get("type") == "http.response.start":
+            return message.get("status", 200) >= 500
+    return False
+
+
+async def answer_http(replica: Any, scope: Scope, body: bytes, ctx: Optional[WireContext]) -> Any:
+    """One proxied request, without generators in the common case: a plain deployment's
+    complete response is returned as its list of ASGI messages; a streamed one (or an ASGI
+    app's) as an iterator of batches that holds the request's slot until it is closed."""
+    if replica._asgi_app is not None:
+        return replica.stream(HTTP_METHOD, (scope, body), {}, ctx)
+    entered, failed, acquired = replica._enter(ctx), True, False
+    try:
+        await replica._sem.acquire()
+        acquired = True
+        io = _RequestIO(body)
+        response = await _call_plain(replica._call_with_request, Request(scope, io.receive))
+        if isinstance(response, StreamingResponse):
+            rest = _streamed(replica, ctx, entered, relay(io, functools.partial(response, scope, io.receive, io.send)))
+            entered = None  # ``rest`` ends the request
+            return rest
+        await response(scope, io.receive, io.send)
+        failed = starts_server_error(io.messages)  # a 5xx answer counts as an error too
+        return io.messages
+    finally:
+        if entered is not None:
+            if acquired:
+                replica._sem.release()
+            replica._exit(ctx, entered, failed)
+
+
+async def _streamed(replica: Any, ctx: Optional[WireContext], entered: tuple,
+                    batches: AsyncIterator[List[Message]]) -> AsyncIterator[List[Message]]:
+    failed = error = False
+    first = True
+    try:
+        async for batch in batches:
+            if first:
+                first, error = False, starts_server_error(batch)
+            yield batch
+        failed = error
+    except GeneratorExit:  # the caller stopped reading: not a failure
+        failed = error
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        await batches.aclose()
+        replica._sem.release()
+        replica._exit(ctx, entered, failed)
 
 
 async def serve_websocket(asgi_app: Optional[ASGIApp], scope: Scope, receive: Receive) -> AsyncIterator[Message]:

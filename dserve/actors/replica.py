@@ -36,7 +36,7 @@ from ..wire import GRPC_METHOD, HTTP_METHOD, LastItem
 from ..status_schema import ReplicaRank
 from .autoscaling_stats import StatsRecorder
 from .grpc_adapter import serve_grpc
-from .http_adapter import serve_http, serve_websocket
+from .http_adapter import answer_http, serve_http, serve_websocket, starts_server_error
 from .replica_metrics import ReplicaMetrics, forget_metrics
 
 __all__ = ["ReplicaActor"]
@@ -44,15 +44,6 @@ __all__ = ["ReplicaActor"]
 logger = logging.getLogger("dserve.replica")
 
 _ASYNC, _SYNC, _ASYNC_GEN, _GEN = "async", "sync", "asyncgen", "gen"
-
-
-def _http_server_error(batch: Any) -> bool:
-    """Whether a batch of ASGI messages starts a 5xx response."""
-    messages = batch.value if type(batch) is LastItem else batch
-    for message in messages:
-        if message.get("type") == "http.response.start":
-            return message.get("status", 200) >= 500
-    return False
 
 
 async def _construct(cls: type, args: tuple, kwargs: dict, run_sync: Callable) -> Any:
@@ -277,7 +268,7 @@ class ReplicaActor:
     def _method(self, name: str) -> Tuple[Callable, str]:
         found = self._methods.get(name)
         if found is None and name == HTTP_METHOD:
-            found = self._methods[name] = (self._serve_http, _ASYNC_GEN)
+            found = self._methods[name] = (functools.partial(serve_http, self._asgi_app, self._call_with_request), _ASYNC_GEN)
         if found is None and name == GRPC_METHOD:
             found = self._methods[name] = (functools.partial(serve_grpc, self), _ASYNC_GEN)
         if found is None:
@@ -285,9 +276,7 @@ class ReplicaActor:
             found = self._methods[name] = (fn, _kind(fn))
         return found
 
-    def _serve_http(self, scope: Scope, body: bytes) -> AsyncIterator[list]:
-        """One HTTP request from a proxy: ASGI messages come back in batches."""
-        return serve_http(self._asgi_app, self._call_with_request, scope, body)
+    http = answer_http  # one request from a proxy: its ASGI messages, or an iterator of batches
 
     async def websocket(self, scope: Scope, receive: Receive, ctx: Optional[WireContext]) -> AsyncIterator[Message]:
         """One WebSocket session from a proxy (it holds a request slot while open)."""
@@ -368,7 +357,7 @@ class ReplicaActor:
                     try:
                         async for item in agen:
                             if first_batch:
-                                first_batch, server_error = False, _http_server_error(item)
+                                first_batch, server_error = False, starts_server_error(item)
                             yield item
                     finally:
                         await agen.aclose()

@@ -19,7 +19,7 @@ from ..serialization import dumps, loads, pack_exception
 from ..types import WireMessage
 from ..wire import (
     CANCEL, CONTEXT, CREDIT, DONE, ERROR, EVENT, GONE, HELLO, ID, ITEM, KEY, KIND, METHOD, PAYLOAD, RESULT,
-    STREAM, WEBSOCKET, Credit, LastItem,
+    STREAM, WEBSOCKET, HTTP_METHOD, Credit, LastItem,
 )
 from .link import Link, listen
 
@@ -121,7 +121,8 @@ class _CallerLink:
                 tasks[i] = asyncio.ensure_future(_serve_unary(replica, msg, link, tasks))
             elif kind == STREAM:
                 self.credits[i] = credit = Credit(STREAM_WINDOW)
-                tasks[i] = asyncio.ensure_future(_serve_stream(replica, msg, link, credit, self))
+                serve = _serve_http if msg[METHOD] == HTTP_METHOD else _serve_stream
+                tasks[i] = asyncio.ensure_future(serve(replica, msg, link, credit, self))
             elif kind == WEBSOCKET:
                 self.inboxes[i] = inbox = asyncio.Queue()
                 self.credits[i] = credit = Credit(STREAM_WINDOW)
@@ -156,6 +157,28 @@ async def _serve_stream(replica: Any, msg: WireMessage, link: Link, credit: Cred
         await _send_items(msg[ID], open_items, replica, "stream from", link, credit)
     finally:
         caller.forget(msg[ID])
+
+
+async def _serve_http(replica: Any, msg: WireMessage, link: Link, credit: Credit, caller: _CallerLink) -> None:
+    """A proxied HTTP request: a complete response is one message, with no generator on the way
+    (``ReplicaActor.http``); a streamed one is sent as a stream."""
+    i = msg[ID]
+    try:
+        try:
+            (scope, body), _ = loads(msg[PAYLOAD])
+            answer = await replica.http(scope, body, msg.get(CONTEXT))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every error goes back to the caller
+            _log_failure("stream from", replica, exc)
+            link.send({ID: i, ERROR: pack_exception(exc)})
+            return
+        if type(answer) is list:
+            link.send({ID: i, ITEM: dumps(answer), DONE: 1})
+        else:
+            await _send_items(i, lambda: answer, replica, "stream from", link, credit)
+    finally:
+        caller.forget(i)
 
 
 async def _serve_websocket(replica: Any, msg: WireMessage, inbox: asyncio.Queue, link: Link, credit: Credit,
