@@ -72,16 +72,15 @@ class DirectHTTP:
             return False
         ctx = proxy.request_context(scope, route)
         exchange = DirectExchange(self, connection, cycle, router, route, ctx)
-        if not router.waiters:
-            slot = router._pick(ctx.multiplexed_model_id)
-            if slot is not None:
-                channel = proxy.runtime.channel(slot)
-                if type(channel) is not MuxConnection:
-                    return False  # a replica in this process: the ASGI path calls it directly
-                exchange.begin()
-                slot.in_flight += 1
-                exchange.take(slot, channel)
-                return True
+        free = router.free_slot(ctx.multiplexed_model_id)
+        if free is not None:
+            slot, channel = free
+            if type(channel) is not MuxConnection:
+                return False  # a replica in this process: the ASGI path calls it directly
+            exchange.begin()
+            slot.in_flight += 1
+            exchange.take(slot, channel)
+            return True
         local = proxy.runtime.local_address
         if any(s.address == local for s in router.slots):
             return False

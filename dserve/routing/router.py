@@ -261,24 +261,28 @@ class Router:
             return None
         future = CallFuture()
         call = future.call = Started(self, future, (method, args, kwargs, ctx), ctx.multiplexed_model_id)
-        if not self.waiters:
-            slot = self._pick(call.model_id)
-            if slot is not None:
-                channel = self.runtime.channel(slot)
-                if type(channel) is not MuxConnection:
-                    return None  # a replica in this process: the general path calls it directly
-                slot.in_flight += 1
-                call.take(slot, channel)
-                return future
+        free = self.free_slot(call.model_id)
+        if free is not None:
+            slot, channel = free
+            if type(channel) is not MuxConnection:
+                return None  # a replica in this process: the general path calls it directly
+            slot.in_flight += 1
+            call.take(slot, channel)
+            return future
         if not self.enqueue(call):
             future.set_exception(BackPressureError(num_queued_requests=len(self.waiters),
                                                    max_queued_requests=self.max_queued))
         return future
 
+    def free_slot(self, model_id: str = "") -> Optional[Tuple[ReplicaSlot, Any]]:
+        """A free replica's slot (not taken yet) and its channel, when no one waits ahead."""
+        if self.waiters:
+            return None
+        slot = self._pick(model_id)
+        return None if slot is None else (slot, self.runtime.channel(slot))
+
     def enqueue(self, waiter: Any) -> bool:
-        """Queue a call made without a task: ``waiter.take(slot)`` when a slot frees for it,
-        ``waiter.future.set_exception`` if the deployment goes away. False: the queue is
-        full (``max_queued_requests``)."""
+        """Queue a call made without a task (``take(slot)``, or ``future.set_exception``); False: full."""
         if self.max_queued != -1 and len(self.waiters) >= self.max_queued:
             return False
         self.waiters.append(waiter)

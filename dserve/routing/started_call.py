@@ -141,12 +141,10 @@ def open_stream(router: "Router", method: str, args: tuple, ctx: Any) -> Optiona
     ahead and its link is up; None: use ``Router.stream``. The reader's first item may raise
     ``Undelivered`` (that replica was gone: call ``Router.stream``, which picks another);
     close it (``aclose``) to free the slot. The proxies' path for every request."""
-    if router.waiters or not router.exists or not router._ready.is_set():
+    free = router.free_slot(ctx.multiplexed_model_id) if router.exists and router._ready.is_set() else None
+    if free is None:
         return None
-    slot = router._pick(ctx.multiplexed_model_id)
-    if slot is None:
-        return None
-    channel = router.runtime.channel(slot)
+    slot, channel = free
     if type(channel) is not MuxConnection:
         return None
     reader = channel.start_stream(slot.key, method, args, {}, ctx.to_wire())
