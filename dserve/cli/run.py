@@ -171,7 +171,8 @@ def run(config_or_import_path: str, arguments: tuple, runtime_env: Optional[str]
     if not is_config_file(config_or_import_path):
         imported = {"args": parse_args(list(arguments)), "name": name, "route_prefix": route_prefix,
                     "runtime_env": env}
-        for directory in reversed([env.get("working_dir")] + list(env.get("py_modules") or [])):
+        modules = [os.path.dirname(os.path.abspath(m)) for m in env.get("py_modules") or [] if isinstance(m, str)]
+        for directory in reversed([env.get("working_dir")] + modules):  # a py_modules entry is imported by name
             if isinstance(directory, str) and os.path.exists(directory):
                 sys.path.insert(0, directory)  # imported here from where the workers will import it
     import dserve.api as api
