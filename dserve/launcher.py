@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 import httpx
 
 from .auth import bearer_header, ensure_token, home_dir
+from .cluster import serving_env
 from .config import EMBEDDED_PROXY_THREADS, PROXY_RESOURCE
 from .controller.placement import placement_mode
 
@@ -76,6 +77,7 @@ def launch_local(http_host: str, http_port: int, proxy_location: str, rest_port:
     log_path = os.path.join(home(), "cluster.log")
     log = open(log_path, "ab")
     env = dict(os.environ)
+    env.update(serving_env())  # Dask's background work at serving rates, uvloop
     if grpc_options["grpc_servicer_functions"]:
         env["DASK_DSERVE__GRPC_OPTIONS"] = json.dumps(grpc_options)
     common = dict(stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd(),

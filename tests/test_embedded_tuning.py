@@ -31,13 +31,15 @@ def test_workers_and_nannies_run_at_serving_rates_but_keep_user_settings(tuned):
 
         return {key: _dask.config.get(key) for key in (
             "distributed.worker.profile.enabled", "distributed.admin.tick.interval",
-            "distributed.worker.memory.monitor-interval", "distributed.admin.system-monitor.interval")}
+            "distributed.worker.memory.monitor-interval", "distributed.admin.system-monitor.interval",
+            "distributed.admin.event-loop")}
 
     expected = {
         "distributed.worker.profile.enabled": False,
         "distributed.admin.tick.interval": "50ms",  # set by the user
         "distributed.worker.memory.monitor-interval": "500ms",
         "distributed.admin.system-monitor.interval": "2s",
+        "distributed.admin.event-loop": "uvloop",
     }
     workers = tuned.run(_settings)
     assert len(workers) >= 2
@@ -54,3 +56,22 @@ def test_the_schedulers_background_work_is_tuned_too(tuned):
 
     found = tuned.run_on_scheduler(intervals)
     assert found == {"monitor": 2000, "tick": 50}  # ms: ours for the system monitor, the user's tick
+
+
+def test_every_process_runs_uvloop(tuned):
+    def loop_type() -> str:
+        import asyncio as _asyncio
+
+        return type(_asyncio.get_running_loop()).__module__
+
+    async def on_worker() -> str:  # a coroutine: runs on the worker's event loop
+        return loop_type()
+
+    workers = tuned.run(on_worker)
+    assert len(workers) >= 2
+    assert set(workers.values()) == {"uvloop"}, workers
+    assert set(tuned.run(on_worker, nanny=True).values()) == {"uvloop"}
+
+    async def on_scheduler(dask_scheduler) -> str:
+        return loop_type()
+    assert tuned.run_on_scheduler(on_scheduler) == "uvloop"
