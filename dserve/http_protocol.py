@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -125,9 +125,17 @@ class Exchange:
         """Let the ASGI app finish this request, in a task (the server is shutting down)."""
 
 
-# (connection, cycle) -> whether it took the request (then it sets ``connection.exchange``
-# until the answer is complete); False: run the ASGI app
-DirectHandler = Callable[["GuardedHttpToolsProtocol", RequestResponseCycle], bool]
+class DirectHandler:
+    """What a connection offers its held requests to (the HTTP proxy's ``proxy.direct``)."""
+
+    def __call__(self, connection: "GuardedHttpToolsProtocol", cycle: RequestResponseCycle) -> bool:
+        """Whether it took the request (then it sets ``connection.exchange`` until the
+        answer is complete); False: run the ASGI app."""
+        return False
+
+    def rejected(self, cycle: RequestResponseCycle, status: int) -> None:
+        """A held request the connection answered itself mid-body (``status`` 408 or 413;
+        0: the connection closed without an answer): no ASGI app saw it, count it here."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -193,7 +201,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             writable = not self.pipeline and cycle is not None and not cycle.response_started
         else:  # a new request's headers: only if the previous response is complete
             writable = cycle is None or cycle.response_complete
-        self.held = None
+        held, self.held = self.held, None
+        if held is not None:  # held back from the ASGI app: the direct handler accounts for it
+            self.direct.rejected(held, status if writable else 0)  # type: ignore[union-attr]
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app (if any) sees http.disconnect; its sends are dropped
             cycle.message_event.set()

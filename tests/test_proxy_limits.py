@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import dserve as serve
-from conftest import free_port, proxy_details, wait_for
+from conftest import free_port, proxy_details, scrape_all, value, wait_for
 
 LIMITS = {"max_request_header_bytes": 4096, "max_request_body_bytes": 1000,
           "request_header_timeout_s": 1.0, "request_body_timeout_s": 1.0}
@@ -150,6 +150,24 @@ def test_body_not_complete_in_time_is_408(port):
         answer = read_answer(sock)
     assert status_of(answer) == 408
     assert answer.endswith(b"Request body not received within 1.0s.")
+
+
+def test_a_request_rejected_mid_body_is_counted_with_its_status(port):
+    """A request held until its body is complete never reached an ASGI app: the proxy counts it."""
+    def counted(status: str) -> float:
+        return value(scrape_all(), "ray_serve_num_http_requests_total", application="echo", route="/echo",
+                     method="POST", status_code=status)
+    before = {status: counted(status) for status in ("408", "413")}
+    with connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n" + b"d" * 10)
+        assert status_of(read_answer(sock)) == 408
+    with connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            sock.sendall(b"1f4\r\n" + b"b" * 500 + b"\r\n")
+        assert status_of(read_answer(sock)) == 413
+    wait_for(lambda: {status: counted(status) for status in ("408", "413")} == {
+        "408": before["408"] + 1, "413": before["413"] + 1}, timeout=20, what="408 and 413 counted once each")
 
 
 def test_a_connection_that_sends_nothing_is_closed(port):

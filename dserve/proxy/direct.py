@@ -25,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from ..context import RequestContext
+from ..http_protocol import DirectHandler
 from ..routing.started_call import hold_slot
 from ..routing.transport import ItemReader, LostLink, MuxConnection, StartedCall
 from ..serialization import loads
@@ -44,7 +45,7 @@ __all__ = ["DirectHTTP", "DirectExchange"]
 logger = logging.getLogger("dserve.proxy")
 
 
-class DirectHTTP:
+class DirectHTTP(DirectHandler):
     """The ``direct`` handler of one proxy's connections."""
 
     def __init__(self, proxy: HTTPProxy, recorder: HTTPMetrics) -> None:
@@ -88,6 +89,15 @@ class DirectHTTP:
         if not router.enqueue(exchange):  # full: the ASGI path answers 503
             exchange.hand_over(None)
         return True
+
+
+    def rejected(self, cycle: "RequestResponseCycle", status: int) -> None:
+        """Counted and logged as the ASGI path would have: with its route, if it has one."""
+        scope = cycle.scope
+        route = self.proxy.match(strip_root_path(scope["path"], self.proxy.root_path))
+        if route is not None:
+            scope[MATCHED_ROUTE] = route
+        self.recorder.end(scope, self.recorder.begin(), status, [])
 
 
 class DirectExchange(StartedCall):
