@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
 from ..context import RequestContext
 from ..http_protocol import DirectHandler
@@ -90,6 +90,18 @@ class DirectHTTP(DirectHandler):
             exchange.hand_over(None)
         return True
 
+
+    def to_tasks(self, connections: Iterable[Any]) -> None:
+        """Hand every request held here to the ASGI path (the proxy is stopping: uvicorn's
+        shutdown waits for tasks, then cancels them): those at a replica first, then the
+        queued ones in their routers' order, so that each keeps its turn."""
+        exchanges = [c.exchange for c in list(connections) if getattr(c, "exchange", None) is not None]
+        turns: Dict[int, int] = {}
+        for router in {id(e.router): e.router for e in exchanges if e.conn is None}.values():
+            turns.update((id(waiter), i) for i, waiter in enumerate(router.waiters))
+        exchanges.sort(key=lambda e: (e.conn is None, turns.get(id(e), 0)))
+        for exchange in exchanges:
+            exchange.to_task()
 
     def rejected(self, cycle: "RequestResponseCycle", status: int) -> None:
         """Counted and logged as the ASGI path would have: with its route, if it has one."""
