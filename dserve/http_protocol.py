@@ -33,6 +33,7 @@ from typing import Any, Optional
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .config import REJECT_LINGER_S
+from .timers import TIMER_SLACK_S
 
 __all__ = ["ConnectionLimits", "GuardedHttpToolsProtocol", "CorkedTransport", "READ_CHUNK_BYTES", "Exchange",
            "DirectHandler"]
@@ -134,8 +135,9 @@ class DirectHandler:
         return False
 
     def rejected(self, cycle: RequestResponseCycle, status: int) -> None:
-        """A held request the connection answered itself mid-body (``status`` 408 or 413;
-        0: the connection closed without an answer): no ASGI app saw it, count it here."""
+        """A held request the connection ended itself mid-body (``status`` 408, 413, 400 for
+        a malformed body; 0: its client left, or it was closed without an answer): no ASGI
+        app saw it, count it here."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -179,7 +181,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         deadline = self.deadline
         if deadline is None:
             return
-        if self.loop.time() < deadline:  # moved forward since: wait for it
+        if self.loop.time() + TIMER_SLACK_S < deadline:  # moved forward since: wait for it
             self.timer = self.loop.call_at(deadline, self._tick)
             return
         self.deadline = None
@@ -201,9 +203,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             writable = not self.pipeline and cycle is not None and not cycle.response_started
         else:  # a new request's headers: only if the previous response is complete
             writable = cycle is None or cycle.response_complete
-        held, self.held = self.held, None
-        if held is not None:  # held back from the ASGI app: the direct handler accounts for it
-            self.direct.rejected(held, status if writable else 0)  # type: ignore[union-attr]
+        self._drop_held(status if writable else 0)
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app (if any) sees http.disconnect; its sends are dropped
             cycle.message_event.set()
@@ -237,7 +237,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.held = None
+        self._drop_held(0)  # its client left mid-body: counted as the ASGI path counts it (499)
         super().connection_lost(exc)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -280,7 +280,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.phase != "rejected":
             self._disarm()
             self.phase = "rejected"
+            self._drop_held(400)  # e.g. a malformed chunk mid-body
             super().send_400_response(msg)
+
+    def _drop_held(self, status: int) -> None:
+        """The request held back from the ASGI app ends here with ``status`` (0: no answer):
+        the direct handler counts it, as the ASGI path would have."""
+        held, self.held = self.held, None
+        if held is not None:
+            self.direct.rejected(held, status)  # type: ignore[union-attr]
 
     def handle_websocket_upgrade(self) -> None:
         if self.phase != "rejected":

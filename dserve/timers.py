@@ -14,11 +14,16 @@ import collections
 import logging
 from typing import Callable, Deque, List, Optional
 
-__all__ = ["FixedDelayTimers"]
+__all__ = ["FixedDelayTimers", "TIMER_SLACK_S"]
 
 logger = logging.getLogger("dserve")
 
 Entry = List  # [deadline, callback or None once cancelled]
+
+# How early a loop timer may fire: uvloop's clock and timers count whole milliseconds, so a
+# timer set for a deadline can run a fraction of a millisecond before it. A deadline within
+# this much of now is due (else the timer would be re-armed for 0 ms until the clock ticks).
+TIMER_SLACK_S = 0.001
 
 
 class FixedDelayTimers:
@@ -49,7 +54,7 @@ class FixedDelayTimers:
 
     def _fire(self) -> None:
         self.timer = None
-        queue, now = self.queue, self.loop.time()  # type: ignore[union-attr]
+        queue, now = self.queue, self.loop.time() + TIMER_SLACK_S  # type: ignore[union-attr]
         while queue and queue[0][0] <= now:
             fn = queue.popleft()[1]
             if fn is not None:

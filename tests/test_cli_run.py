@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import zipfile
 from types import SimpleNamespace
 
 import grpc
@@ -16,6 +17,8 @@ import yaml
 
 from conftest import free_port, wait_for
 from test_cli import APPS_DIR, dserve
+
+from dserve.cli.run import _importable_from
 
 pytestmark = pytest.mark.slow
 
@@ -258,3 +261,15 @@ def test_shutdown_asks_then_removes_serve_and_keeps_the_cluster(cluster, tmp_pat
     dserve("run", "-d", str(project), "hello_mod:app", "--name", "s", "--route-prefix", "/s", "--non-blocking",
            env=cluster.env)  # Serve comes back on the same cluster
     assert httpx.get(f"http://127.0.0.1:{cluster.http}/s").text == "before shutdown"
+
+
+def test_py_modules_are_importable_in_dserve_run_as_on_the_workers(tmp_path):
+    """A package directory or .py file is imported by its own name (its folder on the path); a
+    zip or wheel from itself (its contents at the root, as the workers unpack it)."""
+    (tmp_path / "pkg").mkdir()
+    archive = tmp_path / "zmod.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zmod/__init__.py", "VALUE = 1\n")
+    assert _importable_from(str(tmp_path / "pkg")) == str(tmp_path)
+    assert _importable_from(str(tmp_path / "pkg") + "/") == str(tmp_path)  # a trailing slash changes nothing
+    assert _importable_from(str(archive)) == str(archive)

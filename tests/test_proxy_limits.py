@@ -152,12 +152,14 @@ def test_body_not_complete_in_time_is_408(port):
     assert answer.endswith(b"Request body not received within 1.0s.")
 
 
-def test_a_request_rejected_mid_body_is_counted_with_its_status(port):
-    """A request held until its body is complete never reached an ASGI app: the proxy counts it."""
+def test_a_request_ended_mid_body_is_counted_with_its_status(port):
+    """A request held until its body is complete never reached an ASGI app: the proxy counts it,
+    whether it rejected it (408, 413), could not parse it (400) or its client left (499)."""
     def counted(status: str) -> float:
         return value(scrape_all(), "ray_serve_num_http_requests_total", application="echo", route="/echo",
                      method="POST", status_code=status)
-    before = {status: counted(status) for status in ("408", "413")}
+    statuses = ("408", "413", "400", "499")
+    before = {status: counted(status) for status in statuses}
     with connect(port) as sock:
         sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n" + b"d" * 10)
         assert status_of(read_answer(sock)) == 408
@@ -166,8 +168,13 @@ def test_a_request_rejected_mid_body_is_counted_with_its_status(port):
         for _ in range(3):
             sock.sendall(b"1f4\r\n" + b"b" * 500 + b"\r\n")
         assert status_of(read_answer(sock)) == 413
-    wait_for(lambda: {status: counted(status) for status in ("408", "413")} == {
-        "408": before["408"] + 1, "413": before["413"] + 1}, timeout=20, what="408 and 413 counted once each")
+    with connect(port) as sock:  # a malformed chunk
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n")
+        assert status_of(read_answer(sock)) == 400
+    with connect(port) as sock:  # a client that leaves mid-body
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n" + b"d" * 10)
+    wait_for(lambda: {status: counted(status) for status in statuses} == {
+        status: before[status] + 1 for status in statuses}, timeout=20, what="each status counted once")
 
 
 def test_a_connection_that_sends_nothing_is_closed(port):

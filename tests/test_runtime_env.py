@@ -77,6 +77,9 @@ def test_nannies_sharing_a_directory_unpack_the_same_code_once(tmp_path):
     (source / "pkg" / "mod.py").write_text("X = 1\n")
     (source / "pkg" / "__pycache__").mkdir()
     (source / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
+    for scratch in ("dask-scratch-space", "dserve-code-0123abcd", ".dserve-code-0123abcd-x"):  # Dask's local dir inside
+        (source / scratch).mkdir()
+        (source / scratch / "old.py").write_text("")
     data = _archive(str(source), under_own_name=False)
     assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["pkg/mod.py"]
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import zipfile
 from typing import Any, Dict, List, Optional
 
 import click
@@ -30,6 +31,14 @@ from .progress import DeployFailed, from_status, watch
 __all__ = ["run"]
 
 logger = logging.getLogger("dserve")
+
+
+def _importable_from(module: str) -> str:
+    """The ``sys.path`` entry that makes a ``py_modules`` entry importable here as on the
+    workers: a zip or wheel itself (its contents at the root), else the directory holding a
+    package directory or ``.py`` file (imported by its own name)."""
+    path = os.path.abspath(module)
+    return path if os.path.isfile(path) and zipfile.is_zipfile(path) else os.path.dirname(path)
 
 
 def _cluster(address: Optional[str]) -> tuple:
@@ -171,8 +180,8 @@ def run(config_or_import_path: str, arguments: tuple, runtime_env: Optional[str]
     if not is_config_file(config_or_import_path):
         imported = {"args": parse_args(list(arguments)), "name": name, "route_prefix": route_prefix,
                     "runtime_env": env}
-        modules = [os.path.dirname(os.path.abspath(m)) for m in env.get("py_modules") or [] if isinstance(m, str)]
-        for directory in reversed([env.get("working_dir")] + modules):  # a py_modules entry is imported by name
+        modules = [_importable_from(m) for m in env.get("py_modules") or [] if isinstance(m, str)]
+        for directory in reversed([env.get("working_dir")] + modules):
             if isinstance(directory, str) and os.path.exists(directory):
                 sys.path.insert(0, directory)  # imported here from where the workers will import it
     import dserve.api as api

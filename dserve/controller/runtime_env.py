@@ -28,12 +28,19 @@ if TYPE_CHECKING:
 
 __all__ = ["apply_runtime_env", "ShipDirectory"]
 
-_SKIPPED = {".git", "__pycache__", ".pytest_cache", ".mypy_cache"}
+_SKIPPED = {".git", "__pycache__", ".pytest_cache", ".mypy_cache",
+            "dask-scratch-space", "dask-worker-space"}  # Dask's local directories, if inside the code
+
+
+def _skipped(name: str) -> bool:
+    """A directory left out: tool caches, Dask's scratch space and earlier unpacked copies
+    (a scratch directory inside the working_dir would otherwise ship itself, growing)."""
+    return name in _SKIPPED or name.startswith(("dserve-code-", ".dserve-code-"))
 
 
 def _archive(path: str, under_own_name: bool) -> bytes:
-    """``path`` as zip bytes: a zip file as it is; a directory's contents (``.git`` and
-    bytecode left out), at the archive's root for a ``working_dir`` or under the directory's
+    """``path`` as zip bytes: a zip file as it is; a directory's contents (``.git``, bytecode,
+    Dask's scratch space left out), at the archive's root for a ``working_dir`` or under the directory's
     own name for a ``py_modules`` entry (so ``import <name>`` works); a lone ``.py`` file
     under its own name."""
     path = os.path.abspath(path)
@@ -47,7 +54,7 @@ def _archive(path: str, under_own_name: bool) -> bytes:
             return buffer.getvalue()
         prefix = os.path.basename(path.rstrip(os.sep)) if under_own_name else ""
         for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIPPED)
+            dirs[:] = sorted(d for d in dirs if not _skipped(d))
             for name in sorted(files):
                 if name.endswith((".pyc", ".pyo")):
                     continue

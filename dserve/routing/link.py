@@ -37,7 +37,9 @@ logger = logging.getLogger("dserve.transport")
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # msgpack's own limit for one bin object
 READ_BUFFER_BYTES = 256 * 1024  # one link's reusable receive buffer
-LONE_WRITE_AFTER_S = 0.0002  # a message sent this long after the last write leaves at once
+# a message sent this long after the last write leaves at once (on uvloop, whose clock counts
+# whole milliseconds: once the millisecond of the last write has passed)
+LONE_WRITE_AFTER_S = 0.0002
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
