@@ -275,12 +275,13 @@ def test_the_replica_frees_its_one_slot_after_every_kind_of_answer(http, clean):
     assert time.monotonic() - started < 5
 
 
-def test_stopping_the_proxy_answers_its_held_requests_within_the_grace_period(http, dask_client, clean):
-    """uvicorn's graceful shutdown waits for connections, then cancels its tasks after 2 s: a
-    stopping proxy turns the requests its direct path holds (one at the replica, two queued in
-    its router) into tasks, in queue order, so those that finish within the grace period are
-    answered and the one that would not is cut at its end (500), not left running past the stop."""
-    deploy(http, Slow.bind(), "slow")
+def test_stopping_the_proxy_answers_its_held_requests_in_their_turn(http, dask_client, clean):
+    """uvicorn's graceful shutdown waits for connections, then cancels its tasks after 2 s. A
+    stopping proxy turns the requests its direct path holds into tasks, and a queued one keeps
+    its place in the queue, also ahead of a request the ASGI path queued after it: here A runs,
+    B (direct), C (ASGI path: an X-Forwarded-For header, 8 s) and D (direct) wait. B is answered
+    within the grace period; C is cut at its end (500), D with it; nothing outlives the stop."""
+    deploy(http, Slow.options(max_queued_requests=-1).bind(), "slow")
     worker = [p["worker"] for p in proxy_details().values()][0]
     _, handed_over = direct_counts(dask_client)
 
@@ -294,8 +295,10 @@ def test_stopping_the_proxy_answers_its_held_requests_within_the_grace_period(ht
 
     async def scenario():
         async with httpx.AsyncClient(base_url=str(http.base_url), timeout=30) as client:
-            calls = [asyncio.ensure_future(client.get(f"/slow?s={s}")) for s in ("0.5", "0.5", "8")]
-            await asyncio.sleep(0.3)  # one at the replica, two queued
+            calls = []
+            for s, headers in (("0.5", {}), ("0.5", {}), ("8", {"x-forwarded-for": "10.0.0.1"}), ("0.5", {})):
+                calls.append(asyncio.ensure_future(client.get(f"/slow?s={s}", headers=headers)))
+                await asyncio.sleep(0.1)  # in this order
             counts = direct_counts(dask_client)
             started = time.monotonic()
             stopping = await asyncio.get_running_loop().run_in_executor(None, stop)
@@ -303,8 +306,8 @@ def test_stopping_the_proxy_answers_its_held_requests_within_the_grace_period(ht
             return counts, stopping, time.monotonic() - started, [getattr(r, "status_code", repr(r)) for r in responses]
 
     (_, handed_before_stop), stopping, took, codes = asyncio.run(scenario())
-    assert handed_before_stop == handed_over  # all three were still the direct path's
-    assert codes == [200, 200, 500]
+    assert handed_before_stop == handed_over  # A, B and D were still the direct path's
+    assert codes == [200, 200, 500, 500]
     assert stopping < 5 and took < 5  # the 8-second request did not hold the stop
     wait_for(lambda: httpx.get(f"{proxy_url()}/slow?s=0", timeout=5).status_code == 200, timeout=60,
              what="the proxy restarted by the controller")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from ..context import RequestContext
 from ..http_protocol import DirectHandler
@@ -91,18 +91,6 @@ class DirectHTTP(DirectHandler):
         return True
 
 
-    def to_tasks(self, connections: Iterable[Any]) -> None:
-        """Hand every request held here to the ASGI path (the proxy is stopping: uvicorn's
-        shutdown waits for tasks, then cancels them): those at a replica first, then the
-        queued ones in their routers' order, so that each keeps its turn."""
-        exchanges = [c.exchange for c in list(connections) if getattr(c, "exchange", None) is not None]
-        turns: Dict[int, int] = {}
-        for router in {id(e.router): e.router for e in exchanges if e.conn is None}.values():
-            turns.update((id(waiter), i) for i, waiter in enumerate(router.waiters))
-        exchanges.sort(key=lambda e: (e.conn is None, turns.get(id(e), 0)))
-        for exchange in exchanges:
-            exchange.to_task()
-
     def rejected(self, cycle: "RequestResponseCycle", status: int) -> None:
         """Counted and logged as the ASGI path would have: with its route, if it has one."""
         scope = cycle.scope
@@ -118,7 +106,7 @@ class DirectExchange(StartedCall):
     Queued in a router, it is its own waiter (``future``, ``model_id``, ``take``)."""
 
     __slots__ = ("handler", "connection", "cycle", "router", "route", "ctx", "model_id", "started", "slot",
-                 "conn", "id", "finished")
+                 "conn", "id", "finished", "turn")
 
     def __init__(self, handler: DirectHTTP, connection: "GuardedHttpToolsProtocol", cycle: "RequestResponseCycle",
                  router: "Router", route: Tuple[str, str, str], ctx: RequestContext) -> None:
@@ -130,6 +118,7 @@ class DirectExchange(StartedCall):
         self.conn: Optional[MuxConnection] = None
         self.id = -1
         self.finished = False
+        self.turn: Optional[_Turn] = None  # set when a task took the request over while it was queued
 
     def begin(self) -> None:
         self.cycle.scope[MATCHED_ROUTE] = self.route
@@ -142,10 +131,17 @@ class DirectExchange(StartedCall):
         return self
 
     def done(self) -> bool:
-        return self.finished
+        """Answered, handed on, or its task gave up the turn (cancelling a task cancels the
+        future it awaits)."""
+        return self.finished or (self.turn is not None and self.turn.future.done())
 
     def set_exception(self, exc: BaseException) -> None:
         """The deployment went away while this request waited."""
+        if self.turn is not None:
+            self.finished = True
+            if not self.turn.future.done():
+                self.turn.future.set_exception(exc)
+            return
         self.hand_over(_Failed(exc))
 
     def take(self, slot: "ReplicaSlot", channel: Any = None) -> None:
@@ -160,6 +156,9 @@ class DirectExchange(StartedCall):
             if i is not None:
                 self.slot, self.conn, self.id = slot, channel, i
                 router.num_requests += 1
+                if self.turn is not None:  # its task reads the reply
+                    self.finished = True
+                    self.turn.future.set_result(self._rest(None))
                 return
         # its link is not up (or the replica is here): the ASGI path routes it, from the next
         # loop turn (here, inside the router's dispatch, the release would hand the slot to the
@@ -168,8 +167,15 @@ class DirectExchange(StartedCall):
 
     def _bounce(self, slot: "ReplicaSlot") -> None:
         self.router.release(slot)
-        if not self.finished:
+        if self.finished:
+            return
+        if self.turn is None:
             self.hand_over(None)
+            return
+        self.finished = True
+        if not self.turn.future.done():  # its task routes it afresh
+            request = (self.handler.proxy.forwarded_scope(self.cycle.scope, self.route), bytes(self.cycle.body))
+            self.turn.future.set_result(self.router.stream(HTTP_METHOD, request, {}, self.ctx, copy=False))
 
     # ---- the reply ----
     def deliver(self, msg: WireMessage) -> None:
@@ -222,7 +228,12 @@ class DirectExchange(StartedCall):
 
     def hand_over(self, opened: Any) -> None:
         """Let the ASGI path answer, from ``opened`` (the reply stream so far; None: from the start)."""
-        self._finish()
+        self.finished = True
+        self._start_task(opened)
+
+    def _start_task(self, opened: Any) -> None:
+        if self.connection.exchange is self:
+            self.connection.exchange = None
         self.handler.handed_over += 1
         scope = self.cycle.scope
         scope[STARTED] = self.started
@@ -231,12 +242,13 @@ class DirectExchange(StartedCall):
 
     def to_task(self) -> None:
         """Hand this request to the ASGI path now, wherever it stands (the proxy is stopping:
-        uvicorn's shutdown waits for its tasks, then cancels them)."""
-        if self.finished:
+        uvicorn's shutdown waits for its tasks, then cancels them). A queued one keeps its
+        place in the queue: its task waits for the turn (``_Turn``)."""
+        if self.finished or self.turn is not None:
             return
         if self.conn is None:  # queued (or bouncing)
-            self.router._leave(self)  # type: ignore[arg-type]
-            self.hand_over(None)
+            self.turn = _Turn(self)
+            self._start_task(self.turn)
         else:
             self.hand_over(self._rest(None))
 
@@ -257,6 +269,51 @@ class DirectExchange(StartedCall):
         self.finished = True
         if self.connection.exchange is self:
             self.connection.exchange = None
+
+
+class _Turn:
+    """A queued request's place in its router's queue, kept when its ASGI task takes it over
+    (the proxy is stopping): the reply stream, once the exchange has had its turn — the
+    call's reader, ``Router.stream`` if its slot could not be used, or the queue's error.
+    Closed before then (its client left, its task was cancelled), it leaves the queue."""
+
+    __slots__ = ("exchange", "future", "stream")
+
+    def __init__(self, exchange: DirectExchange) -> None:
+        self.exchange = exchange
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.stream: Any = None
+
+    def __aiter__(self) -> "_Turn":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.stream is None:
+            self.stream = await self.future
+        return await self.stream.__anext__()
+
+    def _leave(self) -> None:
+        exchange = self.exchange
+        if not exchange.finished:
+            exchange.finished = True
+            exchange.router._leave(exchange)  # type: ignore[arg-type]
+            self.future.cancel()
+
+    async def aclose(self) -> None:
+        self._leave()
+        if self.stream is None and self.future.done() and not self.future.cancelled() and self.future.exception() is None:
+            self.stream = self.future.result()
+        if self.stream is not None:
+            await self.stream.aclose()
+
+    def close(self) -> None:
+        self._leave()
+        if self.stream is None and self.future.done() and not self.future.cancelled() and self.future.exception() is None:
+            self.stream = self.future.result()
+        if isinstance(self.stream, ItemReader):
+            self.stream.close()
+        elif self.stream is not None:  # Router.stream, an async generator: closed where it runs
+            asyncio.ensure_future(self.stream.aclose())
 
 
 class _Failed:

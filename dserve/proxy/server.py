@@ -183,8 +183,6 @@ class ProxyServer:
             self.grpc.draining = True
             await self.grpc.stop(2.0)
         if self.server is not None:
-            if self.direct is not None:  # in queue order (uvicorn's own shutdown goes by connection)
-                self.direct.to_tasks(self.server.server_state.connections)
             await self.server.stop(timeout)
         close_sink(self.log_key)
 
