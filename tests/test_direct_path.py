@@ -144,7 +144,8 @@ class Slow:
             return {"started": self.started}
         self.started += 1
         await asyncio.sleep(float(request.query_params.get("s", "0.3")))
-        return "done"
+        body = await request.body()
+        return f"done {body.decode()}" if body else "done"
 
 
 def test_queued_requests_are_sent_as_slots_free(http, dask_client, clean):
@@ -279,8 +280,9 @@ def test_stopping_the_proxy_answers_its_held_requests_in_their_turn(http, dask_c
     """uvicorn's graceful shutdown waits for connections, then cancels its tasks after 2 s. A
     stopping proxy turns the requests its direct path holds into tasks, and a queued one keeps
     its place in the queue, also ahead of a request the ASGI path queued after it: here A runs,
-    B (direct), C (ASGI path: an X-Forwarded-For header, 8 s) and D (direct) wait. B is answered
-    within the grace period; C is cut at its end (500), D with it; nothing outlives the stop."""
+    B (direct), C (ASGI path: an X-Forwarded-For header, 8 s) and D (direct) wait. B is answered,
+    with its body, within the grace period; C is cut at its end (500), D with it; nothing
+    outlives the stop."""
     deploy(http, Slow.options(max_queued_requests=-1).bind(), "slow")
     worker = [p["worker"] for p in proxy_details().values()][0]
     _, handed_over = direct_counts(dask_client)
@@ -297,17 +299,19 @@ def test_stopping_the_proxy_answers_its_held_requests_in_their_turn(http, dask_c
         async with httpx.AsyncClient(base_url=str(http.base_url), timeout=30) as client:
             calls = []
             for s, headers in (("0.5", {}), ("0.5", {}), ("8", {"x-forwarded-for": "10.0.0.1"}), ("0.5", {})):
-                calls.append(asyncio.ensure_future(client.get(f"/slow?s={s}", headers=headers)))
+                calls.append(asyncio.ensure_future(client.post(f"/slow?s={s}", headers=headers, content=f"body-{s}")))
                 await asyncio.sleep(0.1)  # in this order
             counts = direct_counts(dask_client)
             started = time.monotonic()
             stopping = await asyncio.get_running_loop().run_in_executor(None, stop)
             responses = await asyncio.gather(*calls, return_exceptions=True)
-            return counts, stopping, time.monotonic() - started, [getattr(r, "status_code", repr(r)) for r in responses]
+            return counts, stopping, time.monotonic() - started, [
+                (r.status_code, r.text) if isinstance(r, httpx.Response) else repr(r) for r in responses]
 
-    (_, handed_before_stop), stopping, took, codes = asyncio.run(scenario())
+    (_, handed_before_stop), stopping, took, answers = asyncio.run(scenario())
     assert handed_before_stop == handed_over  # A, B and D were still the direct path's
-    assert codes == [200, 200, 500, 500]
+    assert answers == [(200, "done body-0.5"), (200, "done body-0.5"),  # B's body too, sent after its task took over
+                       (500, "Internal Server Error"), (500, "Internal Server Error")]
     assert stopping < 5 and took < 5  # the 8-second request did not hold the stop
     wait_for(lambda: httpx.get(f"{proxy_url()}/slow?s=0", timeout=5).status_code == 200, timeout=60,
              what="the proxy restarted by the controller")

@@ -150,9 +150,7 @@ class DirectExchange(StartedCall):
         if channel is None:
             channel = router.runtime.channel(slot)
         if type(channel) is MuxConnection:
-            proxy = self.handler.proxy
-            request = (proxy.forwarded_scope(self.cycle.scope, self.route), bytes(self.cycle.body))
-            i = channel.start_call(slot.key, HTTP_METHOD, request, {}, self.ctx.to_wire(), self, stream=True)
+            i = channel.start_call(slot.key, HTTP_METHOD, self._request(), {}, self.ctx.to_wire(), self, stream=True)
             if i is not None:
                 self.slot, self.conn, self.id = slot, channel, i
                 router.num_requests += 1
@@ -174,8 +172,14 @@ class DirectExchange(StartedCall):
             return
         self.finished = True
         if not self.turn.future.done():  # its task routes it afresh
-            request = (self.handler.proxy.forwarded_scope(self.cycle.scope, self.route), bytes(self.cycle.body))
-            self.turn.future.set_result(self.router.stream(HTTP_METHOD, request, {}, self.ctx, copy=False))
+            self.turn.future.set_result(self.router.stream(HTTP_METHOD, self._request(), {}, self.ctx, copy=False))
+
+    def _request(self) -> Tuple[dict, bytes]:
+        """What the replica gets: the forwarded scope and the body (as it was when a task took
+        the request over: the task's ``receive`` empties the cycle's body)."""
+        if self.turn is not None:
+            return self.turn.request
+        return (self.handler.proxy.forwarded_scope(self.cycle.scope, self.route), bytes(self.cycle.body))
 
     # ---- the reply ----
     def deliver(self, msg: WireMessage) -> None:
@@ -247,8 +251,9 @@ class DirectExchange(StartedCall):
         if self.finished or self.turn is not None:
             return
         if self.conn is None:  # queued (or bouncing)
-            self.turn = _Turn(self)
-            self._start_task(self.turn)
+            turn = _Turn(self, self._request())
+            self.turn = turn
+            self._start_task(turn)
         else:
             self.hand_over(self._rest(None))
 
@@ -277,10 +282,10 @@ class _Turn:
     call's reader, ``Router.stream`` if its slot could not be used, or the queue's error.
     Closed before then (its client left, its task was cancelled), it leaves the queue."""
 
-    __slots__ = ("exchange", "future", "stream")
+    __slots__ = ("exchange", "request", "future", "stream")
 
-    def __init__(self, exchange: DirectExchange) -> None:
-        self.exchange = exchange
+    def __init__(self, exchange: DirectExchange, request: Tuple[dict, bytes]) -> None:
+        self.exchange, self.request = exchange, request
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.stream: Any = None
 
