@@ -182,6 +182,10 @@ class _Done(Exception):
 
 
 async def pump(stream: AsyncIterator[Any], queue: "asyncio.Queue") -> None:
+    """Move a stream's items into the consumer's bounded queue. The stream is closed here,
+    however the pump ends: cancelled while the queue was full, the stream (an async
+    generator) would otherwise stay suspended, its call running at the replica, for as long
+    as the error in the queue keeps its frame alive."""
     try:
         async for item in stream:
             await queue.put(("item", item))
@@ -191,6 +195,10 @@ async def pump(stream: AsyncIterator[Any], queue: "asyncio.Queue") -> None:
             raise
     else:
         await queue.put(("done", None))
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _put_last(queue: "asyncio.Queue", item: Any) -> None:
