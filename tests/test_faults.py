@@ -119,7 +119,8 @@ def test_proxy_is_reelected_when_its_worker_dies(cluster):
     details = lambda: _sync(rt, rt.rpc("dserve_status"))["proxy_details"]  # noqa: E731
     first = next(iter(details().values()))["worker"]
     url = f"http://127.0.0.1:{cluster.http_port}/work"
-    assert httpx.get(url).status_code == 200
+    # serve.run returns once the application is RUNNING; the proxy learns its route a moment later
+    wait_for(lambda: httpx.get(url, timeout=5).status_code == 200, timeout=30, what="the route at the proxy")
     os.kill(pids[first], signal.SIGKILL)
     wait_for(lambda: any(d["worker"] != first and d["status"] == "HEALTHY" for d in details().values()),
              timeout=60, what="a new proxy elected")
